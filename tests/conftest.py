@@ -1,0 +1,30 @@
+"""Shared fixtures: one local Ray instance per test session, started only when a
+test asks for it, so unit tests never pay Ray's start-up."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray instance shared by every test of the session.
+
+    Two CPUs match this project's machines; the dashboard is off because the
+    tests never read it and it costs a process and a port.
+    """
+    import ray
+
+    # Tests must never join a cluster a developer happens to have exported.
+    os.environ.pop("RAY_ADDRESS", None)
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=int(os.environ.get("VGGPIPE_TEST_RAY_CPUS", "2")),
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,125 @@
+"""Net-A initialisation, the dense network and torchvision interop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from vgg import (
+    build_vgg,
+    init_from_shallower,
+    load_torchvision_state_dict,
+    to_fully_convolutional,
+    to_torchvision_state_dict,
+)
+
+TORCHVISION_TWINS = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
+
+
+@pytest.mark.parametrize(("config", "name"), TORCHVISION_TWINS.items())
+def test_torchvision_weights_give_the_same_logits_and_round_trip(config, name):
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, name)(weights=None).eval()
+    ours = load_torchvision_state_dict(build_vgg(config), reference.state_dict()).eval()
+    image = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert (ours(image) - reference(image)).abs().max() < 1e-4
+    exported = to_torchvision_state_dict(ours)
+    assert exported.keys() == reference.state_dict().keys()
+    assert all(torch.equal(exported[k], v) for k, v in reference.state_dict().items())
+
+
+def test_interop_refuses_configs_without_a_twin_and_wrong_shapes():
+    with pytest.raises(ValueError, match="no VGG for config C"):
+        to_torchvision_state_dict(build_vgg("C", width=0.0625))
+    state = torchvision.models.vgg11(weights=None).state_dict()
+    with pytest.raises(ValueError, match="does not fit"):
+        load_torchvision_state_dict(build_vgg("A", crop_size=256), state)
+    with pytest.raises(ValueError, match="not a torchvision vgg13"):
+        load_torchvision_state_dict(build_vgg("B"), state)
+
+
+def test_dense_network_equals_logits_on_a_crop_and_maps_larger_inputs():
+    torch.manual_seed(0)
+    model = build_vgg("D", width=0.125, num_classes=10).eval()
+    dense = to_fully_convolutional(model)
+    crop = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        logits = model(crop)
+        scores = dense(crop)
+        assert scores.shape == (2, 10, 1, 1)
+        assert torch.allclose(scores.flatten(1), logits, atol=1e-5)
+        assert dense(torch.randn(1, 3, 384, 384)).shape == (1, 10, 6, 6)
+        # Each cell of the map is the logits of the 224 window under it.
+        image = torch.randn(1, 3, 256, 288)
+        window = image[:, :, 32:256, 64:288]
+        assert torch.allclose(dense(image)[:, :, 1, 2], model(window), atol=1e-5)
+
+
+def test_dense_network_is_a_copy():
+    model = build_vgg("A", width=0.0625, num_classes=4)
+    dense = to_fully_convolutional(model)
+    with torch.no_grad():
+        dense.classifier[0].weight.zero_()
+    assert model.classifier[0].weight.abs().sum() > 0
+    assert model.training and not dense.training
+
+
+def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+
+
+def test_init_from_shallower_copies_the_paper_layers_into_d():
+    torch.manual_seed(0)
+    net_a = build_vgg("A", width=0.125, num_classes=10)
+    net_d = build_vgg("D", width=0.125, num_classes=10)
+    copied = init_from_shallower(net_d, net_a)
+
+    copied_convs = {(1, 1), (2, 1), (3, 1), (3, 2)}
+    for site in net_d.conv_sites:
+        layer = net_d.features[site.index]
+        if (site.stage, site.position) in copied_convs:
+            assert _same(layer, net_a.conv(site.stage, site.position))
+        else:
+            assert not torch.equal(layer.weight, torch.zeros_like(layer.weight))
+            matches = [
+                _same(layer, net_a.features[s.index])
+                for s in net_a.conv_sites
+                if net_a.features[s.index].weight.shape == layer.weight.shape
+            ]
+            assert not any(matches), f"conv {site} should stay random"
+    for i in (0, 3, 6):
+        assert _same(net_d.classifier[i], net_a.classifier[i])
+    # D's features: stage 1 is conv, relu, conv, relu, pool (indices 0-4), so its
+    # stage-2 conv 1 is index 5 and stage 3's first two convs are 10 and 12.
+    layers = [
+        "features.0",
+        "features.5",
+        "features.10",
+        "features.12",
+        "classifier.0",
+        "classifier.3",
+        "classifier.6",
+    ]
+    assert sorted(copied) == sorted(
+        f"{layer}.{kind}" for layer in layers for kind in ("weight", "bias")
+    )
+
+
+@pytest.mark.parametrize("config", ["B", "C", "E"])
+def test_init_from_shallower_fits_every_deeper_config(config):
+    net_a = build_vgg("A", width=0.0625, num_classes=5)
+    assert len(init_from_shallower(build_vgg(config, width=0.0625, num_classes=5), net_a)) == 14
+
+
+def test_init_from_shallower_rejects_mismatches():
+    net_d = build_vgg("D", width=0.0625, num_classes=10)
+    with pytest.raises(ValueError, match="copies from config A"):
+        init_from_shallower(net_d, build_vgg("B", width=0.0625, num_classes=10))
+    with pytest.raises(ValueError, match="equal width"):
+        init_from_shallower(net_d, build_vgg("A", width=0.125, num_classes=10))
+    with pytest.raises(ValueError, match="equal num_classes"):
+        init_from_shallower(net_d, build_vgg("A", width=0.0625, num_classes=11))
+    with pytest.raises(ValueError, match="equal crop_size"):
+        init_from_shallower(net_d, build_vgg("A", width=0.0625, num_classes=10, crop_size=64))
