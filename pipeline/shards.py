@@ -1,0 +1,375 @@
+"""The prepared-dataset format, in one place: shard schema, writer, reader,
+manifest, checksums and the files a run leaves while it works.
+
+An output folder (a local path or any `pyarrow.fs` URI) holds:
+
+    manifest.json                 the description of the finished dataset
+    train/train-00000-of-01282.arrow
+    ...
+    val/val-00000-of-00050.arrow
+    plan.arrow                    only while a run is unfinished: which image goes
+                                  to which shard, so that a rerun redoes the same
+
+Shards are Arrow IPC files (the random-access "file" format) with the columns
+of `SHARD_SCHEMA`. Every file is written under a hidden temporary name in its
+final folder and renamed when complete, so a crash never leaves a half file
+that looks whole. Stages after preprocessing read shards through `ShardStore`
+and never build paths themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+FORMAT = "vggpipe-shards"
+FORMAT_VERSION = 1
+SPLITS = ("train", "val")
+MANIFEST_NAME = "manifest.json"
+PLAN_NAME = "plan.arrow"
+SHARD_SUFFIX = ".arrow"
+# Temporary files are hidden and carry this marker, so that a rerun can find and
+# remove what a killed run left without touching anything else.
+TEMP_MARKER = ".tmp-"
+# Record batches of this many rows let a reader fetch part of a shard without
+# reading all of it (the IPC file format indexes its batches).
+SHARD_BATCH_ROWS = 256
+# Key under which each shard's schema metadata carries its own description (the
+# plan it belongs to and the images of its slot that were rejected), so that a
+# rerun can account for a shard written by a run that was killed.
+SHARD_METADATA_KEY = b"vggpipe"
+
+SHARD_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),  # source file name
+        pa.field("label", pa.int32(), nullable=False),  # class index, sorted-wnid order
+        pa.field("image", pa.binary(), nullable=False),  # JPEG, RGB
+        pa.field("height", pa.int32(), nullable=False),  # of the stored image, pixels
+        pa.field("width", pa.int32(), nullable=False),
+    ]
+)
+
+
+def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and path of a local path or a `pyarrow.fs` URI
+    (`s3://bucket/prefix`, `gs://...`, `file:///...`, `hdfs://...`)."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def canonical_uri(uri: str) -> str:
+    """The same location spelled one way, so `data/x` and `/abs/data/x` compare equal."""
+    return uri.rstrip("/") if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return f"{split}-{index:05d}-of-{count:05d}{SHARD_SUFFIX}"
+
+
+def shard_path(split: str, index: int, count: int) -> str:
+    """A shard's path relative to the output root, as the manifest records it."""
+    return f"{split}/{shard_name(split, index, count)}"
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    split: str
+    path: str  # relative to the output root
+    rows: int
+    sha256: str  # of the whole file
+    bytes: int
+
+
+@dataclass(frozen=True)
+class ClassEntry:
+    index: int
+    wnid: str
+    name: str  # "" when the source names no classes
+
+
+@dataclass(frozen=True)
+class Rejection:
+    split: str
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ColourStatistics:
+    """Pixel statistics of the training images, in 0-255 RGB units.
+
+    `eigenvectors[i]` is the unit eigenvector of the RGB covariance that belongs
+    to `eigenvalues[i]`; eigenvalues are in decreasing order. The paper's colour
+    shift (from AlexNet) adds `sum_i alpha_i * eigenvalues[i] * eigenvectors[i]`.
+    """
+
+    images: int  # images sampled
+    pixels: int  # pixels those images hold
+    sample: str  # how the images were chosen
+    mean_rgb: list[float]
+    std_rgb: list[float]
+    eigenvalues: list[float]
+    eigenvectors: list[list[float]]
+
+
+@dataclass
+class SplitInfo:
+    rows: int
+    shards: list[ShardInfo]
+
+
+@dataclass
+class Manifest:
+    """The single description of a prepared dataset (`manifest.json`)."""
+
+    source: dict[str, Any]  # uri, layout, where validation labels came from
+    params: dict[str, Any]  # the preprocessing parameters that shaped the shards
+    splits: dict[str, SplitInfo]
+    classes: list[ClassEntry]
+    rejected: list[Rejection]
+    statistics: ColourStatistics | None
+    software: dict[str, str] = field(default_factory=dict)
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        raw = json.loads(text)
+        if raw.get("format") != FORMAT or raw.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"not a {FORMAT} manifest of version {FORMAT_VERSION} "
+                f"(format {raw.get('format')!r}, version {raw.get('format_version')!r})"
+            )
+        statistics = raw.get("statistics")
+        return cls(
+            source=raw["source"],
+            params=raw["params"],
+            splits={
+                split: SplitInfo(
+                    rows=info["rows"], shards=[ShardInfo(**shard) for shard in info["shards"]]
+                )
+                for split, info in raw["splits"].items()
+            },
+            classes=[ClassEntry(**entry) for entry in raw["classes"]],
+            rejected=[Rejection(**entry) for entry in raw["rejected"]],
+            statistics=ColourStatistics(**statistics) if statistics else None,
+            software=raw.get("software", {}),
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which image goes to which shard, fixed before any shard is written.
+
+    `table` has one row per image to store, in shard order and, within a shard,
+    in row order: split, shard, key, label, and where the bytes are in the
+    source (path, offset, size). `info` carries what else a rerun needs.
+    """
+
+    table: pa.Table
+    info: dict[str, Any]  # params, source, classes, rejections found while listing, shard counts
+    plan_id: str  # sha256 of the plan file: ties shards to the plan they were written for
+
+
+PLAN_SCHEMA = pa.schema(
+    [
+        pa.field("split", pa.dictionary(pa.int8(), pa.string())),
+        pa.field("shard", pa.int32()),
+        pa.field("key", pa.string()),
+        pa.field("label", pa.int32()),
+        pa.field("path", pa.dictionary(pa.int32(), pa.string())),
+        pa.field("offset", pa.int64()),
+        pa.field("size", pa.int64()),
+    ]
+)
+
+
+class ShardStore:
+    """One output folder: writes and reads its shards, manifest and plan.
+
+    Picklable (a `pyarrow.fs` filesystem and a path), so Ray tasks take it as an
+    argument and write their shards straight to the output.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.fs, self.root = resolve_filesystem(uri)
+
+    def __repr__(self) -> str:
+        return f"ShardStore({self.uri!r})"
+
+    def _full(self, relative: str) -> str:
+        return f"{self.root}/{relative}"
+
+    def exists(self, relative: str) -> bool:
+        return self.fs.get_file_info(self._full(relative)).type == pafs.FileType.File
+
+    def write_file(self, relative: str, data: bytes | pa.Buffer) -> None:
+        """Write a whole file under a temporary name, then rename it into place."""
+        final = self._full(relative)
+        parent, name = final.rsplit("/", 1)
+        self.fs.create_dir(parent, recursive=True)
+        temporary = f"{parent}/.{name}{TEMP_MARKER}{uuid.uuid4().hex}"
+        with self.fs.open_output_stream(temporary, compression=None) as stream:
+            stream.write(data)
+        self.fs.move(temporary, final)
+
+    def read_file(self, relative: str) -> pa.Buffer:
+        with self.fs.open_input_file(self._full(relative)) as stream:
+            return stream.read_buffer()
+
+    def delete_file(self, relative: str) -> None:
+        if self.exists(relative):
+            self.fs.delete_file(self._full(relative))
+
+    def remove_temporary_files(self) -> list[str]:
+        """Delete the temporary files that killed runs left behind; returns their paths."""
+        removed = []
+        for folder in ("", *SPLITS):
+            selector = pafs.FileSelector(self._full(folder).rstrip("/"), allow_not_found=True)
+            for info in self.fs.get_file_info(selector):
+                if info.type == pafs.FileType.File and TEMP_MARKER in info.base_name:
+                    self.fs.delete_file(info.path)
+                    removed.append(info.path)
+        return removed
+
+    # Shards
+
+    def write_shard(
+        self, split: str, index: int, count: int, table: pa.Table, metadata: dict[str, Any]
+    ) -> ShardInfo:
+        """Write one shard: `table` has the columns of `SHARD_SCHEMA`; `metadata`
+        (JSON-able) travels in the file's schema so `describe_shard` can read it back."""
+        schema = SHARD_SCHEMA.with_metadata({SHARD_METADATA_KEY: json.dumps(metadata)})
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, schema) as writer:
+            writer.write_table(table.select(schema.names).cast(schema), SHARD_BATCH_ROWS)
+        data = sink.getvalue()
+        relative = shard_path(split, index, count)
+        self.write_file(relative, data)
+        return ShardInfo(
+            split, relative, table.num_rows, hashlib.sha256(data).hexdigest(), data.size
+        )
+
+    def describe_shard(self, relative: str) -> tuple[ShardInfo, dict[str, Any]]:
+        """Row count, checksum and the writer's metadata of a shard on disk."""
+        data = self.read_file(relative)
+        reader = pa.ipc.open_file(data)
+        rows = _count_rows(reader)
+        metadata = json.loads((reader.schema.metadata or {}).get(SHARD_METADATA_KEY, b"{}"))
+        split = relative.split("/", 1)[0]
+        info = ShardInfo(split, relative, rows, hashlib.sha256(data).hexdigest(), data.size)
+        return info, metadata
+
+    def read_shard(self, shard: ShardInfo | str, columns: list[str] | None = None) -> pa.Table:
+        """A shard as a table (all columns unless `columns` names some)."""
+        relative = shard.path if isinstance(shard, ShardInfo) else shard
+        with self.fs.open_input_file(self._full(relative)) as stream:
+            table = pa.ipc.open_file(stream).read_all()
+        # The writer's metadata is bookkeeping; readers get the plain schema.
+        table = table.replace_schema_metadata(None)
+        return table.select(columns) if columns else table
+
+    # Manifest
+
+    def manifest(self) -> Manifest:
+        """The finished dataset's manifest; FileNotFoundError when there is none."""
+        if not self.exists(MANIFEST_NAME):
+            raise FileNotFoundError(
+                f"{self.uri} holds no {MANIFEST_NAME}: not a finished preprocess output"
+            )
+        return Manifest.from_json(self.read_file(MANIFEST_NAME).to_pybytes().decode())
+
+    def has_manifest(self) -> bool:
+        return self.exists(MANIFEST_NAME)
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        self.write_file(MANIFEST_NAME, manifest.to_json().encode())
+
+    def shards(self, split: str) -> list[ShardInfo]:
+        """The shards of a split, in order, as the manifest lists them."""
+        splits = self.manifest().splits
+        if split not in splits:
+            raise ValueError(f"no split {split!r} in {self.uri}; it has {sorted(splits)}")
+        return list(splits[split].shards)
+
+    def iter_rows(self, split: str, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Every row of a split as a dict, shard by shard, in stored order."""
+        for shard in self.shards(split):
+            for batch in self.read_shard(shard, columns).to_batches():
+                yield from batch.to_pylist()
+
+    # Plan
+
+    def has_plan(self) -> bool:
+        return self.exists(PLAN_NAME)
+
+    def write_plan(self, table: pa.Table, info: dict[str, Any]) -> Plan:
+        schema = PLAN_SCHEMA.with_metadata({SHARD_METADATA_KEY: json.dumps(info)})
+        sink = pa.BufferOutputStream()
+        options = pa.ipc.IpcWriteOptions(compression="zstd")
+        with pa.ipc.new_file(sink, schema, options=options) as writer:
+            # One chunk, so each dictionary column has one dictionary, as IPC files require.
+            writer.write_table(table.select(schema.names).combine_chunks().cast(schema))
+        data = sink.getvalue()
+        self.write_file(PLAN_NAME, data)
+        return Plan(table, info, hashlib.sha256(data).hexdigest())
+
+    def read_plan(self) -> Plan:
+        data = self.read_file(PLAN_NAME)
+        reader = pa.ipc.open_file(data)
+        info = json.loads(reader.schema.metadata[SHARD_METADATA_KEY])
+        table = reader.read_all().replace_schema_metadata(None)
+        return Plan(table, info, hashlib.sha256(data).hexdigest())
+
+    def delete_plan(self) -> None:
+        self.delete_file(PLAN_NAME)
+
+    # Verification
+
+    def verify(self) -> list[str]:
+        """Re-read every shard the manifest lists; one line per problem found
+        (missing, unreadable, wrong checksum, wrong row count), empty when all is well."""
+        manifest = self.manifest()
+        problems = []
+        for split, info in manifest.splits.items():
+            if sum(shard.rows for shard in info.shards) != info.rows:
+                problems.append(f"{split}: shard rows do not add up to the split's {info.rows}")
+            for shard in info.shards:
+                problem = self._shard_problem(shard)
+                if problem:
+                    problems.append(f"{shard.path}: {problem}")
+        return problems
+
+    def _shard_problem(self, shard: ShardInfo) -> str | None:
+        if not self.exists(shard.path):
+            return "missing"
+        data = self.read_file(shard.path)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != shard.sha256:
+            return (
+                f"checksum mismatch (sha256 {digest[:16]}..., manifest says {shard.sha256[:16]}...)"
+            )
+        try:
+            rows = _count_rows(pa.ipc.open_file(data))
+        except (pa.ArrowException, ValueError) as exc:
+            return f"unreadable ({exc})"
+        if rows != shard.rows:
+            return f"{rows} rows, manifest says {shard.rows}"
+        return None
+
+
+def _count_rows(reader: pa.ipc.RecordBatchFileReader) -> int:
+    return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
