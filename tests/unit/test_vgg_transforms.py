@@ -17,6 +17,7 @@ from vgg.transforms import (
     center_crop_box,
     colour_shift,
     decode_crop,
+    decode_crops_on_device,
     decode_rescaled,
     multi_crop,
     prepare_training_batch,
@@ -175,3 +176,18 @@ def test_multi_crop_grid_has_corners_centre_and_flips(photos):
     middle = image[16:240, (width - 224) // 2 : (width - 224) // 2 + 224]
     assert any(np.array_equal(middle, crop) for crop in crops[:25])
     assert np.array_equal(crops[25:], crops[:25, :, ::-1])
+
+
+def test_device_decode_path_matches_the_cpu_path(photos):
+    rng = np.random.default_rng(5)
+    jpegs, boxes = [], []
+    for data in photos.values():
+        image = Image.open(io.BytesIO(data))
+        for _ in range(3):
+            jpegs.append(data)
+            boxes.append(random_crop_box(image.height, image.width, (256, 512), 224, rng))
+    on_device = decode_crops_on_device(jpegs, boxes, "cpu")
+    assert on_device.shape == (len(jpegs), 224, 224, 3) and on_device.dtype == torch.uint8
+    for crop, data, box in zip(on_device.numpy(), jpegs, boxes, strict=True):
+        # torchvision's decoder and antialiased resize against Pillow's.
+        assert _mean_abs_difference(crop, rescale_then_crop(data, box)) < 2.5
