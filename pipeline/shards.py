@@ -282,6 +282,20 @@ class ShardStore:
         table = table.replace_schema_metadata(None)
         return table.select(columns) if columns else table
 
+    def read_rows(
+        self, shard: ShardInfo | str, start: int, stop: int, columns: list[str] | None = None
+    ) -> pa.Table:
+        """Rows [start, stop) of a shard, reading only the record batches that hold them."""
+        relative = shard.path if isinstance(shard, ShardInfo) else shard
+        first, last = start // SHARD_BATCH_ROWS, (max(stop, start + 1) - 1) // SHARD_BATCH_ROWS
+        with self.fs.open_input_file(self._full(relative)) as stream:
+            reader = pa.ipc.open_file(stream)
+            last = min(last, reader.num_record_batches - 1)
+            batches = [reader.get_batch(i) for i in range(first, last + 1)]
+            table = pa.Table.from_batches(batches, reader.schema).replace_schema_metadata(None)
+        table = table.slice(start - first * SHARD_BATCH_ROWS, max(stop - start, 0))
+        return table.select(columns) if columns else table
+
     # Manifest
 
     def manifest(self) -> Manifest:

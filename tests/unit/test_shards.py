@@ -70,6 +70,17 @@ def test_shard_round_trip_keeps_rows_and_hides_writer_metadata(tmp_path):
     assert metadata == {"plan_id": "abc", "rejected": []}
 
 
+@pytest.mark.parametrize(("start", "stop"), [(0, 5), (250, 262), (256, 512), (500, 600), (7, 7)])
+def test_read_rows_reads_a_range_across_record_batches(tmp_path, start, stop):
+    store = ShardStore(str(tmp_path))
+    table = _rows(600)
+    info = store.write_shard("train", 0, 1, table, {})
+
+    rows = store.read_rows(info, start, stop, ["key", "label"])
+
+    assert rows.to_pylist() == table.select(["key", "label"]).slice(start, stop - start).to_pylist()
+
+
 def test_writes_leave_no_temporary_files_and_cleanup_removes_only_them(tmp_path):
     store = ShardStore(str(tmp_path))
     store.write_shard("val", 0, 1, _rows(2), {})
