@@ -28,3 +28,18 @@ def ray_local():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory, ray_local) -> str:
+    """The demo data set (all 1,797 digits, 10 classes) preprocessed once per
+    session into shards of 500 rows with short sides up to 128: several shards
+    and record batches per split, so ingest tests see real boundaries."""
+    from pipeline.demo_data import make_demo_data
+    from pipeline.preprocess import preprocess
+
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_data(root / "source")
+    output = str(root / "shards")
+    preprocess(str(root / "source"), output, max_short_side=128, shard_rows=500, progress=False)
+    return output

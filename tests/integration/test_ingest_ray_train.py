@@ -1,0 +1,135 @@
+"""Training ingest on real Ray Train workers, and evaluation views, on demo data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import ingest
+from pipeline.shards import ShardStore
+
+
+def _keys_per_worker(demo_shards: str, tmp_path, seed: int, epochs: int) -> dict:
+    """Run two Ray Train workers over `epochs` epochs; return {(epoch, rank): keys}."""
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    out = tmp_path / f"seed{seed}-epochs{epochs}"
+    out.mkdir()
+
+    def loop(config):
+        import ray.train
+
+        context = ray.train.get_context()
+        rank, world = context.get_world_rank(), context.get_world_size()
+        for epoch in range(config["epochs"]):
+            keys, shapes = [], set()
+            for batch in ingest.training_batches(
+                config["data"],
+                epoch=epoch,
+                rank=rank,
+                world_size=world,
+                scale=(64, 96),
+                crop_size=64,
+                batch_size=32,
+                seed=config["seed"],
+                cpus_per_task=0.25,
+            ):
+                keys += batch["key"]
+                shapes.add((tuple(batch["image"].shape), str(batch["image"].dtype)))
+            path = f"{config['out']}/{epoch}-{rank}.json"
+            with open(path, "w") as f:
+                json.dump({"keys": keys, "shapes": sorted(shapes)}, f)
+
+    TorchTrainer(
+        loop,
+        train_loop_config={"data": demo_shards, "seed": seed, "epochs": epochs, "out": str(out)},
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.25}),
+    ).fit()
+    return {
+        (epoch, rank): json.loads((out / f"{epoch}-{rank}.json").read_text())
+        for epoch in range(epochs)
+        for rank in range(2)
+    }
+
+
+@pytest.mark.slow
+def test_two_train_workers_see_each_key_once_per_epoch_in_a_seeded_order(
+    demo_shards, tmp_path, ray_local
+):
+    all_keys = [row["key"] for row in ShardStore(demo_shards).iter_rows("train", ["key"])]
+    first = _keys_per_worker(demo_shards, tmp_path, seed=0, epochs=2)
+    for epoch in range(2):
+        seen = first[(epoch, 0)]["keys"] + first[(epoch, 1)]["keys"]
+        assert len(seen) == len(set(seen)), "a key reached two workers or came twice"
+        assert set(seen) <= set(all_keys)
+        # What is missing is at most the world-size remainder plus each worker's
+        # last partial batch of 32.
+        assert len(all_keys) - len(seen) < 2 + 2 * 32
+        assert len(first[(epoch, 0)]["keys"]) == len(first[(epoch, 1)]["keys"])
+        assert first[(epoch, 0)]["shapes"] == [[[32, 64, 64, 3], "torch.uint8"]]
+    assert first[(0, 0)]["keys"] != first[(1, 0)]["keys"], "the order must change per epoch"
+    again = _keys_per_worker(demo_shards, tmp_path, seed=0, epochs=1)
+    assert again[(0, 0)]["keys"] == first[(0, 0)]["keys"]
+    assert again[(0, 1)]["keys"] == first[(0, 1)]["keys"]
+
+
+def test_augmentation_repeats_for_a_seed_and_changes_per_epoch(demo_shards, ray_local):
+    def first_batch(epoch):
+        batches = ingest.training_batches(
+            demo_shards,
+            epoch=epoch,
+            rank=0,
+            world_size=1,
+            scale=(64, 96),
+            crop_size=64,
+            batch_size=16,
+            cpus_per_task=0.5,
+        )
+        return next(iter(batches))
+
+    a, b, c = first_batch(0), first_batch(0), first_batch(1)
+    assert a["key"] == b["key"] and torch.equal(a["image"], b["image"])
+    assert a["key"] != c["key"]
+    assert a["label"].dtype == torch.int64
+
+
+def test_device_decode_gives_the_cpu_crops(demo_shards, ray_local):
+    common = dict(epoch=0, rank=0, world_size=1, scale=80, crop_size=64, batch_size=8)
+    on_cpu = next(iter(ingest.training_batches(demo_shards, **common, cpus_per_task=0.5)))
+    on_device = next(
+        iter(ingest.training_batches(demo_shards, **common, decode_on="device", cpus_per_task=0.5))
+    )
+    assert on_cpu["key"] == on_device["key"]
+    difference = (on_cpu["image"].float() - on_device["image"].float()).abs().mean()
+    assert difference < 3.0
+
+
+def test_evaluation_views(demo_shards, ray_local):
+    val_rows = ShardStore(demo_shards).manifest().splits["val"].rows
+    dense = ingest.evaluation_dataset(demo_shards, scale=72, view="dense", cpus_per_task=0.5)
+    count = 0
+    for batch in dense.iter_batches(batch_size=64, batch_format="numpy"):
+        for image, height, width in zip(
+            batch["image"], batch["height"], batch["width"], strict=True
+        ):
+            assert image.dtype == np.uint8 and image.shape == (height, width, 3)
+            assert min(height, width) == 72
+        count += len(batch["label"])
+    assert count == val_rows
+    crops = ingest.evaluation_dataset(
+        demo_shards, scale=72, view="multi-crop", crop_size=64, cpus_per_task=0.5
+    ).take(3)
+    assert all(row["crops"].shape == (50, 64, 64, 3) for row in crops)
+    with pytest.raises(ValueError, match="view must be one of"):
+        ingest.evaluation_dataset(demo_shards, scale=72, view="tencrop")
+
+
+def test_pixel_statistics_come_from_the_manifest(demo_shards):
+    stats = ingest.pixel_statistics(demo_shards)
+    manifest = ShardStore(demo_shards).manifest().statistics
+    assert stats.mean_rgb == tuple(manifest.mean_rgb)
+    assert stats.eigenvalues[0] == pytest.approx(manifest.eigenvalues[0] / 255**2)

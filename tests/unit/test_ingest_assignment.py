@@ -1,0 +1,74 @@
+"""The per-epoch assignment of shard rows to workers, and range reads, without Ray."""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from pipeline.ingest import Piece, epoch_assignment, read_rows, record_batch_pieces
+from pipeline.shards import SHARD_BATCH_ROWS, ShardInfo, ShardStore
+
+
+def _shards(*rows: int) -> list[ShardInfo]:
+    return [ShardInfo("train", f"train/s{i}.arrow", n, "", 0) for i, n in enumerate(rows)]
+
+
+def _rows(pieces: list[Piece]) -> list[tuple[str, int]]:
+    return [(p.shard, r) for p in pieces for r in range(p.start, p.stop)]
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 8])
+def test_every_row_goes_to_exactly_one_worker_in_equal_shares(world_size):
+    shards = _shards(1000, 1000, 437)
+    total = 2437
+    assignment = epoch_assignment(shards, seed=0, epoch=0, world_size=world_size)
+    per_worker = [_rows(pieces) for pieces in assignment]
+    assert [len(rows) for rows in per_worker] == [total // world_size] * world_size
+    every = [row for rows in per_worker for row in rows]
+    assert len(set(every)) == len(every) == total - total % world_size
+
+
+def test_order_changes_per_epoch_and_repeats_per_seed():
+    shards = _shards(1000, 1000, 1000)
+
+    def order(seed, epoch):
+        return [_rows(p) for p in epoch_assignment(shards, seed=seed, epoch=epoch, world_size=2)]
+
+    assert order(0, 0) == order(0, 0)
+    assert order(0, 0) != order(0, 1)
+    assert order(0, 0) != order(1, 0)
+    # Over epochs a row does not stay with one worker.
+    worker0 = [set(order(0, epoch)[0]) for epoch in range(4)]
+    assert len(set.intersection(*worker0)) < 0.5 * len(worker0[0])
+
+
+def test_record_batch_pieces_follow_the_writer_batches():
+    pieces = record_batch_pieces(_shards(SHARD_BATCH_ROWS * 2 + 5))
+    assert [(p.start, p.stop) for p in pieces] == [
+        (0, SHARD_BATCH_ROWS),
+        (SHARD_BATCH_ROWS, 2 * SHARD_BATCH_ROWS),
+        (2 * SHARD_BATCH_ROWS, 2 * SHARD_BATCH_ROWS + 5),
+    ]
+
+
+def test_read_rows_returns_exactly_the_piece(tmp_path):
+    store = ShardStore(str(tmp_path))
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="JPEG")
+    rows = 600
+    table = pa.table(
+        {
+            "key": [f"k{i}" for i in range(rows)],
+            "label": pa.array([i % 7 for i in range(rows)], pa.int32()),
+            "image": [buffer.getvalue()] * rows,
+            "height": pa.array([8] * rows, pa.int32()),
+            "width": pa.array([8] * rows, pa.int32()),
+        }
+    )
+    info = store.write_shard("train", 0, 1, table, {})
+    for start, stop in [(0, 600), (250, 260), (255, 513), (512, 600), (599, 600)]:
+        got = read_rows(store, Piece(info.path, start, stop), ["key", "label"])
+        assert got["key"].to_pylist() == [f"k{i}" for i in range(start, stop)]
