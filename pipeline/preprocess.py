@@ -489,7 +489,8 @@ def _make_plan(
             else:
                 reason = f"no label in {source.val_labels_from}"
                 rejected.append(Rejection(split, key, reason))
-        rows = rows.take(usable).append_column("label", pa.array(labels, pa.int32()))
+        usable_rows = pa.array(usable, pa.int64())
+        rows = rows.take(usable_rows).append_column("label", pa.array(labels, pa.int32()))
         # Sorting first makes the order depend on the seed alone, not on the
         # order in which the filesystem or the tar listed the files.
         rows = rows.take(pc.sort_indices(rows, [("key", "ascending")]))
