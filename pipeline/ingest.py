@@ -223,8 +223,8 @@ def training_dataset(
     crop_size: int = 224,
     seed: int = 0,
     decode: bool = True,
-    rows_per_task: int = 1024,
-    decode_batch_rows: int = 32,
+    rows_per_task: int = 512,
+    decode_batch_rows: int = 64,
     cpus_per_task: float = 1.0,
 ):
     """Worker `rank`'s training rows for `epoch` as a Ray Data dataset, in a

@@ -1,0 +1,200 @@
+"""Training-ingest throughput per CPU core: our shards against torchvision's
+ImageFolder + DataLoader on the original JPEG files, same images, one run.
+
+torchvision side: Resize(S) (RandomResize(256, 513) for jittering),
+RandomCrop(224), RandomHorizontalFlip, ToTensor, Normalize, in one process
+(num_workers=0, one torch thread: one core).
+Our side, also on one core: `vgg.transforms.decode_crop` over shard rows, which
+returns uint8 crops (the float conversion, mean and colour shift happen on the
+training device); then the same through the full Ray Data pipeline
+(`pipeline.ingest.training_batches`) on all cores, divided by the core count.
+Also the decode-only bound: a full Pillow decode of the stored images.
+
+    python benchmarks/ingest.py                 # builds a photo set from scikit-learn's photos
+    python benchmarks/ingest.py --source /data/imagenet-sample --images 2000
+
+SOURCE is an ILSVRC-2012 folder layout (train/<wnid>/*.JPEG). Without it the
+benchmark makes one from the two real photographs scikit-learn ships: random
+crops of ImageNet's typical sizes (median 500x375), re-encoded at quality 90.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import sklearn
+import torch
+from PIL import Image
+
+from vgg.transforms import decode_crop, random_crop_box
+
+CROP = 224
+
+
+def make_photo_set(root: Path, images: int, seed: int = 0) -> None:
+    """ImageNet-sized JPEGs cut from real photographs, in ILSVRC folder layout."""
+    rng = np.random.default_rng(seed)
+    photos_dir = Path(sklearn.__file__).parent / "datasets" / "images"
+    photos = [Image.open(p).convert("RGB") for p in sorted(photos_dir.glob("*.jpg"))]
+    photos = [p.resize((p.width * 3, p.height * 3), Image.Resampling.BICUBIC) for p in photos]
+    for i in range(images):
+        photo = photos[i % len(photos)]
+        width = int(np.clip(rng.normal(500, 80), 300, 900))
+        height = int(width * rng.choice([0.75, 0.667, 1.0, 1.333]))
+        left = int(rng.integers(0, photo.width - width))
+        top = int(rng.integers(0, photo.height - height))
+        crop = photo.crop((left, top, left + width, top + height))
+        for split in ("train", "val"):
+            folder = root / split / f"n{i % len(photos):08d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            if split == "train" or i % 10 == 0:
+                crop.save(folder / f"img_{i:05d}.JPEG", quality=90)
+
+
+def imagefolder_rate(source: Path, scale, batch: int) -> float:
+    from torchvision import datasets
+    from torchvision.transforms import v2
+
+    resize = (
+        v2.RandomResize(scale[0], scale[1] + 1) if isinstance(scale, tuple) else v2.Resize(scale)
+    )
+    transform = v2.Compose(
+        [
+            v2.PILToTensor(),
+            resize,
+            v2.RandomCrop(CROP),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+    dataset = datasets.ImageFolder(str(source / "train"), transform=transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=0)
+    start, count = time.perf_counter(), 0
+    for images, _ in loader:
+        count += len(images)
+    return count / (time.perf_counter() - start)
+
+
+def shard_rows(shards: str) -> list[tuple[bytes, int, int]]:
+    from pipeline.shards import ShardStore
+
+    store = ShardStore(shards)
+    rows = []
+    for shard in store.shards("train"):
+        table = store.read_shard(shard, ["image", "height", "width"])
+        rows += zip(
+            table["image"].to_pylist(),
+            table["height"].to_pylist(),
+            table["width"].to_pylist(),
+            strict=True,
+        )
+    return rows
+
+
+def ours_rate(rows, scale, batch: int) -> float:
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    for first in range(0, len(rows), batch):
+        crops = [
+            decode_crop(data, random_crop_box(h, w, scale, CROP, rng))
+            for data, h, w in rows[first : first + batch]
+        ]
+        np.stack(crops)
+    return len(rows) / (time.perf_counter() - start)
+
+
+def decode_only_rate(rows) -> float:
+    start = time.perf_counter()
+    for data, _, _ in rows:
+        Image.open(io.BytesIO(data)).convert("RGB").load()
+    return len(rows) / (time.perf_counter() - start)
+
+
+def ray_pipeline_rate(shards: str, scale, batch: int, cores: int) -> float:
+    """Steady state: epoch 0 warms Ray Data's worker processes, epoch 1 is timed
+    (its own dataset start-up included, as every epoch pays it)."""
+    from pipeline.ingest import training_batches
+
+    for epoch in (0, 1):
+        start, count = time.perf_counter(), 0
+        for images in training_batches(
+            shards, epoch=epoch, rank=0, world_size=1, scale=scale, crop_size=CROP, batch_size=batch
+        ):
+            count += len(images["label"])
+    return count / (time.perf_counter() - start) / cores
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", type=Path, help="ILSVRC folder layout (default: a photo set)")
+    parser.add_argument("--images", type=int, default=1200, help="photo-set size (default 1200)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="folder for the photo set and shards (default: a new temporary one)",
+    )
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray Data pipeline figure")
+    args = parser.parse_args(argv)
+
+    import ray
+
+    from pipeline.preprocess import preprocess
+
+    torch.set_num_threads(1)
+    cores = os.cpu_count() or 1
+    work = args.work or Path(tempfile.mkdtemp(prefix="vggpipe-ingest-bench-"))
+    source = args.source
+    if source is None:
+        source = work / "photos"
+        make_photo_set(source, args.images)
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    # Shards stored at the largest S they serve: 256 for S = 256, 512 for jittering.
+    shards = {}
+    for side in (256, 512):
+        shards[side] = str(work / f"shards-{side}")
+        preprocess(str(source), shards[side], max_short_side=side, progress=False)
+    rows = {side: shard_rows(path) for side, path in shards.items()}
+
+    imagefolder_rate(source, 256, args.batch)  # warm-up: imports, file cache
+    results: dict[str, float] = {}
+    print(f"{len(rows[256])} training images from {source}; crops {CROP}; per core figures")
+    print(
+        f"{'S':>10}  {'stored':>6}  {'ImageFolder':>11}  {'ours':>8}  {'ratio':>6}  {'ours, Ray Data':>14}"
+    )
+    for label, scale, side in (
+        ("256", 256, 256),
+        ("256", 256, 512),
+        ("[256,512]", (256, 512), 512),
+    ):
+        baseline = imagefolder_rate(source, scale, args.batch)
+        ours = ours_rate(rows[side], scale, args.batch)
+        pipeline = (
+            float("nan")
+            if args.no_ray
+            else ray_pipeline_rate(shards[side], scale, args.batch, cores)
+        )
+        results[f"ratio S={label} stored={side}"] = ours / baseline
+        print(
+            f"{label:>10}  {side:>6}  {baseline:9.1f}/s  {ours:6.1f}/s  {ours / baseline:6.2f}  {pipeline:12.1f}/s"
+        )
+    for side in (256, 512):
+        rate = decode_only_rate(rows[side])
+        results[f"decode-only stored={side}"] = rate
+        print(f"decode-only bound, stored short side {side}: {rate:.1f} images/s per core")
+    if started_ray:
+        ray.shutdown()
+    return results
+
+
+if __name__ == "__main__":
+    main()
