@@ -45,9 +45,11 @@ from pipeline.shards import (
     ShardStore,
     SplitInfo,
     canonical_uri,
+    resolve_filesystem,
     shard_path,
 )
 from pipeline.sources import Source, SourceError, SourceReader, list_unit, open_source
+from pipeline.stats import PixelMoments, colour_statistics, image_moments
 
 # Shard tasks report progress every this many images: often enough for a smooth
 # bar, rarely enough that the reports cost nothing next to decoding.
@@ -433,8 +435,6 @@ def _require_same(recorded: dict, wanted: dict, output: str, what: str) -> None:
 
 
 def _source_location(plan: Plan) -> tuple[Any, str]:
-    from pipeline.shards import resolve_filesystem
-
     fs, root = resolve_filesystem(plan.info["source"]["uri"])
     return fs, root.rstrip("/")
 
@@ -526,51 +526,63 @@ def _run_shards(
     import ray
     from tqdm import tqdm
 
-    shard_task = ray.remote(num_cpus=1)(ensure_shard)
     table = plan.table
-    reader_ref, store_ref = ray.put(reader), ray.put(store)
-    listing_rejected = len(plan.info["rejected"])
-    total_images = table.num_rows + listing_rejected
+    rejected = len(plan.info["rejected"])
+    total_images = table.num_rows + rejected
     allowed = config.max_rejected_fraction * total_images
-    pending = {}
-    for split in SPLITS:
-        count = plan.info["shards"].get(split, 0)
-        rows = table.filter(pc.equal(table["split"], split))
-        shard_column = rows["shard"].to_numpy()
-        # Rows of a shard are contiguous: the plan is stored in shard order.
-        bounds = np.searchsorted(shard_column, np.arange(count + 1))
-        for index in range(count):
-            piece = rows.slice(bounds[index], bounds[index + 1] - bounds[index])
-            piece = piece.select(["key", "label", "path", "offset", "size"])
-            task = shard_task.remote(
-                reader_ref, store_ref, split, index, count, piece, config, plan.plan_id
-            )
-            pending[task] = (split, index)
+    if rejected > allowed:
+        _raise_too_many_rejected(rejected, total_images, config, plan, [])
+    shard_task = ray.remote(num_cpus=1)(ensure_shard)
+    reader_ref, store_ref = ray.put(reader), ray.put(store)
+    todo = list(_shard_slices(plan))
+    todo.reverse()  # popped from the end, so shards start in order
+    # A few tasks per CPU in flight: enough to keep every CPU busy, few enough
+    # that waiting on them stays cheap with a thousand shards to go.
+    window = max(4, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    pending: list[ray.ObjectRefGenerator] = []
     results: list[ShardResult] = []
-    rejected = listing_rejected
     bar = tqdm(total=table.num_rows, desc="shards", unit="img", disable=None if progress else True)
     try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for generator in ready:
-                try:
-                    item = ray.get(next(generator))
-                except StopIteration:
-                    del pending[generator]
-                    continue
-                if isinstance(item, int):
-                    bar.update(item)
-                    continue
-                results.append(item)
-                rejected += len(item.rejected)
-                if rejected > allowed:
-                    for generator in pending:
-                        ray.cancel(generator)
-                    _raise_too_many_rejected(rejected, total_images, config, plan, results)
+        while todo or pending:
+            while todo and len(pending) < window:
+                split, index, count, rows = todo.pop()
+                pending.append(
+                    shard_task.remote(
+                        reader_ref, store_ref, split, index, count, rows, config, plan.plan_id
+                    )
+                )
+            [generator], _ = ray.wait(pending, num_returns=1)
+            try:
+                item = ray.get(next(generator))
+            except StopIteration:
+                pending.remove(generator)
+                continue
+            if isinstance(item, int):
+                bar.update(item)
+                continue
+            results.append(item)
+            rejected += len(item.rejected)
+            if rejected > allowed:
+                for running in pending:
+                    ray.cancel(running)
+                _raise_too_many_rejected(rejected, total_images, config, plan, results)
     finally:
         bar.close()
     results.sort(key=lambda result: result.info.path)
     return results
+
+
+def _shard_slices(plan: Plan) -> Iterator[tuple[str, int, int, pa.Table]]:
+    """(split, index, shard count, the shard's rows of the plan) for every shard."""
+    table = plan.table
+    for split in SPLITS:
+        count = plan.info["shards"].get(split, 0)
+        rows = table.filter(pc.equal(table["split"], split))
+        # The plan is stored in shard order, so a shard's rows are contiguous.
+        bounds = np.searchsorted(rows["shard"].to_numpy(), np.arange(count + 1))
+        for index in range(count):
+            piece = rows.slice(bounds[index], bounds[index + 1] - bounds[index])
+            yield split, index, count, piece.select(["key", "label", "path", "offset", "size"])
 
 
 def _raise_too_many_rejected(
@@ -593,8 +605,7 @@ def _raise_too_many_rejected(
 # Statistics and manifest
 
 
-def _shard_moments(store: ShardStore, shard: ShardInfo, rows: int):
-    from pipeline.stats import image_moments
+def _shard_moments(store: ShardStore, shard: ShardInfo, rows: int) -> PixelMoments:
 
     images = store.read_shard(shard, ["image"]).slice(0, rows)["image"]
     return image_moments(value.as_py() for value in images)
@@ -604,8 +615,6 @@ def _statistics(
     store: ShardStore, results: list[ShardResult], config: PreprocessConfig
 ) -> ColourStatistics | None:
     import ray
-
-    from pipeline.stats import PixelMoments, colour_statistics
 
     train = [result.info for result in results if result.info.split == "train" and result.info.rows]
     total = sum(shard.rows for shard in train)

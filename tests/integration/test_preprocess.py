@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -188,7 +189,7 @@ def test_too_many_rejected_images_fail_and_a_rerun_with_a_larger_bound_finishes(
     assert ShardStore(output).verify() == []
 
 
-def _wait_until_stable(paths: callable, seconds: float = 1.5) -> set[Path]:
+def _wait_until_stable(paths: Callable[[], set[Path]], seconds: float = 1.5) -> set[Path]:
     """The set `paths()` returns once it has stopped changing for `seconds`."""
     current, since = paths(), time.monotonic()
     while time.monotonic() - since < seconds:
