@@ -41,9 +41,12 @@ def image_moments(jpegs: Iterable[bytes]) -> PixelMoments:
     moments = PixelMoments.zero()
     for data in jpegs:
         with Image.open(io.BytesIO(data)) as image:
-            # float64 keeps the sums of squares exact well past ImageNet's 1e11 pixels.
-            pixels = np.asarray(image.convert("RGB"), dtype=np.float64).reshape(-1, 3)
-        moments += PixelMoments(1, len(pixels), pixels.sum(axis=0), pixels.T @ pixels)
+            pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+        # One contiguous row per channel: reductions along rows are several times
+        # faster than down the columns of the pixel-major array. float64 keeps
+        # the sums of squares exact well past ImageNet's 1e11 pixels.
+        channels = np.ascontiguousarray(pixels.T, dtype=np.float64)
+        moments += PixelMoments(1, len(pixels), channels.sum(axis=1), channels @ channels.T)
     return moments
 
 
