@@ -217,6 +217,55 @@ def _run_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+@subcommand
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
+    from pipeline.config import RECIPES
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train a VGG net with Ray Train, tracked in MLflow",
+        description="Train one of the paper's nets (or the demo/smoke nets) data-parallel "
+        "with Ray Train. Every epoch is checkpointed; rerunning the same run name resumes "
+        "it. Metrics, params and the best and final models go to MLflow "
+        "(MLFLOW_TRACKING_URI, else ./mlflow.db).",
+        epilog="recipes: " + ", ".join(RECIPES),
+    )
+    parser.add_argument("--recipe", required=True, help="named recipe (listed below)")
+    parser.add_argument("--data", help="prepared dataset (the preprocess output); sets data=")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set lr=0.005 --set num_workers=8 (repeatable)",
+    )
+    parser.add_argument("--init-from", help="net A to copy from: MLflow run id or checkpoint path")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    parser.set_defaults(func=_run_train)
+
+
+def _train_config(args: argparse.Namespace):
+    from pipeline.config import recipe
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data={args.data}")
+    if getattr(args, "init_from", None):
+        overrides.append(f"init_from={args.init_from}")
+    return recipe(args.recipe, overrides)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from pipeline import tracking
+    from pipeline.train import summary_lines, train
+
+    config = _train_config(args)  # validated here, before any Ray work
+    result = train(config, address=args.address)
+    print("\n".join(summary_lines(result, tracking.tracking_uri(config.tracking_uri))))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vggpipe",

@@ -34,6 +34,7 @@ from pipeline.shards import SHARD_BATCH_ROWS, ShardInfo, ShardStore
 from vgg.transforms import (
     CropBox,
     PixelStatistics,
+    center_crop_box,
     decode_crop,
     decode_crops_on_device,
     decode_rescaled,
@@ -350,12 +351,23 @@ def pixel_statistics(dataset_uri: str) -> PixelStatistics:
 # ---------------------------------------------------------------------------
 # Evaluation: whole images at a test scale, or the multi-crop views.
 
-EVALUATION_VIEWS = ("dense", "multi-crop")
+EVALUATION_VIEWS = ("centre", "dense", "multi-crop")
 
 
 def _evaluation_views(
     batch: dict[str, np.ndarray], scale: int, view: str, crop_size: int, grid: int
 ) -> dict[str, np.ndarray]:
+    if view == "centre":
+        boxes = [
+            center_crop_box(int(h), int(w), scale, crop_size)
+            for h, w in zip(batch["height"], batch["width"], strict=True)
+        ]
+        crops = [decode_crop(data, box) for data, box in zip(batch["image"], boxes, strict=True)]
+        return {
+            "image": np.stack(crops),
+            "label": batch["label"].astype(np.int64),
+            "key": batch["key"],
+        }
     images = [decode_rescaled(data, scale) for data in batch["image"]]
     if view == "multi-crop":
         views = np.stack([multi_crop(image, crop_size, grid) for image in images])
@@ -381,24 +393,28 @@ def evaluation_dataset(
     split: str = "val",
     crop_size: int = 224,
     grid: int = 5,
+    rank: int = 0,
+    world_size: int = 1,
     rows_per_task: int = 256,
     decode_batch_rows: int = 16,
     cpus_per_task: float = 1.0,
 ):
     """The `split` images at test scale Q = `scale` as a Ray Data dataset.
 
+    view="centre": the centre crop_size crop ("image"), the quick check;
     view="dense": each whole image with its shorter side Q ("image", variable
     size, plus "height" and "width" so evaluation can batch equal sizes);
     view="multi-crop": "crops", the 5x5 grid of crop_size crops and their flips
-    (2 * grid * grid per image). Labels and keys attached."""
+    (2 * grid * grid per image). Labels and keys attached. With `world_size` > 1
+    the record batches are dealt out and this is worker `rank`'s share."""
     import ray.data
 
     if view not in EVALUATION_VIEWS:
         raise ValueError(f"view must be one of {', '.join(EVALUATION_VIEWS)}; got {view!r}")
-    if view == "multi-crop" and scale < crop_size:
-        raise ValueError(f"multi-crop needs scale >= crop_size {crop_size}; got {scale}")
+    if view != "dense" and scale < crop_size:
+        raise ValueError(f"{view} needs scale >= crop_size {crop_size}; got {scale}")
     store = ShardStore(dataset_uri)
-    pieces = [Piece(s.path, 0, s.rows) for s in store.shards(split)]
+    pieces = record_batch_pieces(store.shards(split))[rank::world_size]
     source = ShardRowsDatasource(dataset_uri, _group(pieces, rows_per_task))
     dataset = ray.data.read_datasource(
         source,
@@ -412,3 +428,33 @@ def evaluation_dataset(
         batch_format="numpy",
         num_cpus=cpus_per_task,
     )
+
+
+def validation_batches(
+    dataset_uri: str,
+    *,
+    scale: int,
+    crop_size: int,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    split: str = "val",
+    device: torch.device | str = "cpu",
+    cpus_per_task: float = 1.0,
+) -> Iterator[dict[str, object]]:
+    """Worker `rank`'s share of the centre crops at test scale `scale`, as uint8
+    NHWC batches on `device` (the last batch may be short: nothing is dropped)."""
+    dataset = evaluation_dataset(
+        dataset_uri,
+        scale=scale,
+        view="centre",
+        split=split,
+        crop_size=crop_size,
+        rank=rank,
+        world_size=world_size,
+        cpus_per_task=cpus_per_task,
+    )
+    for batch in dataset.iter_torch_batches(batch_size=batch_size, collate_fn=CropBatchCollate()):
+        batch["image"] = batch["image"].to(device, non_blocking=True)
+        batch["label"] = batch["label"].to(device, non_blocking=True)
+        yield batch

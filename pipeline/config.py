@@ -1,0 +1,357 @@
+"""Typed, validated stage configs and the named recipes.
+
+A config is a frozen dataclass checked in `__post_init__`, so a bad value fails
+in the driver, before any Ray work, with a message naming the field. Recipes
+are functions returning configs; the CLI takes a recipe name plus
+`--set key=value` overrides. Configs cross the Ray boundary as plain dicts
+(`to_dict` / `from_dict`) and are logged to MLflow flat (`flat_params`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from vgg.model import CONFIGS, INIT_SCHEMES, resolve_config
+
+DECODE_PLACES = ("cpu", "device")
+
+
+class ConfigError(ValueError):
+    """A config value is out of its allowed range; the message names the field."""
+
+
+def _require(condition: bool, field_name: str, allowed: str, value: Any) -> None:
+    if not condition:
+        raise ConfigError(f"{field_name} must be {allowed}; got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run of the paper's recipe (PAPER.md section 2)."""
+
+    recipe: str = "custom"  # the named recipe this config came from
+    data: str = ""  # prepared dataset (preprocess output): local path or pyarrow.fs URI
+
+    # The network (vgg.build_vgg)
+    config: str = "A"  # Table 1 column: A, A-LRN, B, C, D, E
+    width: float = 1.0  # channel multiplier; 1.0 is the paper's
+    crop_size: int = 224  # training crop side, pixels; a multiple of 32
+    dropout: float = 0.5  # on FC1 and FC2
+    init: str = "gaussian"  # "gaussian" (N(0, init_std^2)) or "xavier"
+    init_std: float = 0.01
+    init_from: str | None = None  # net A to copy from (MLflow run id or checkpoint path)
+    resume_from: str | None = None  # same-config net to continue from (smaller S)
+
+    # Training scale S: fixed when scale_min == scale_max, else jittered per image
+    scale_min: int = 256  # pixels, shorter side
+    scale_max: int = 256
+    test_scale: int | None = (
+        None  # Q of the per-epoch check; None: S, or the middle of [Smin, Smax]
+    )
+
+    # Optimisation
+    epochs: int = 74  # most epochs; the paper stopped after 74
+    global_batch_size: int = 256  # images per SGD step over all workers
+    micro_batch_size: int | None = None  # images per forward pass; < per-worker share: accumulation
+    lr: float = 1e-2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_factor: float = 0.1  # lr multiplier when validation top-1 error stops improving
+    lr_patience: int = 2  # epochs without improvement before the lr drops
+    max_lr_reductions: int = (
+        3  # the paper reduced three times; training stops after the next plateau
+    )
+    max_steps_per_epoch: int | None = None  # cut epochs short (smoke runs)
+    colour_shift_std: float = 0.1  # AlexNet's PCA colour noise; 0 turns it off
+    seed: int = 0
+
+    # Hardware
+    num_workers: int = 1  # data-parallel training workers (one per GPU)
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    data_cpus_per_task: float = 1.0  # CPUs of each Ray Data decode task
+    decode_on: str = "cpu"  # "cpu" (Ray Data tasks) or "device" (nvJPEG on the GPU)
+    bf16: bool = False  # bf16 autocast
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
+
+    # Bookkeeping
+    run_name: str | None = None  # Ray Train run and MLflow run name; rerunning it resumes
+    storage_path: str = "runs"  # checkpoints: local folder or pyarrow.fs URI
+    experiment: str = "vggpipe"  # MLflow experiment
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else ./mlflow.db
+    parent_run_id: str | None = None  # MLflow run to nest under (a workflow or sweep)
+    keep_checkpoints: int = 2  # the best this many by validation error, plus the latest
+    max_failures: int = 2  # worker failures survived by restarting from the last checkpoint
+
+    def __post_init__(self) -> None:
+        allowed = ", ".join(CONFIGS)
+        try:
+            object.__setattr__(self, "config", resolve_config(self.config))
+        except ValueError:
+            raise ConfigError(f"config must be one of {allowed}; got {self.config!r}") from None
+        _require(self.width > 0, "width", "> 0", self.width)
+        _require(
+            self.crop_size >= 32 and self.crop_size % 32 == 0,
+            "crop_size",
+            "a positive multiple of 32",
+            self.crop_size,
+        )
+        _require(0 <= self.dropout < 1, "dropout", "in [0, 1)", self.dropout)
+        _require(self.init in INIT_SCHEMES, "init", f"one of {', '.join(INIT_SCHEMES)}", self.init)
+        _require(self.init_std > 0, "init_std", "> 0", self.init_std)
+        _require(
+            self.scale_min >= self.crop_size,
+            "scale_min",
+            f">= crop_size ({self.crop_size})",
+            self.scale_min,
+        )
+        _require(
+            self.scale_max >= self.scale_min,
+            "scale_max",
+            f">= scale_min ({self.scale_min})",
+            self.scale_max,
+        )
+        if self.test_scale is not None:
+            _require(
+                self.test_scale >= self.crop_size,
+                "test_scale",
+                f">= crop_size ({self.crop_size})",
+                self.test_scale,
+            )
+        _require(self.epochs >= 1, "epochs", ">= 1", self.epochs)
+        _require(self.num_workers >= 1, "num_workers", ">= 1", self.num_workers)
+        _require(
+            self.global_batch_size >= self.num_workers
+            and self.global_batch_size % self.num_workers == 0,
+            "global_batch_size",
+            f"a multiple of num_workers ({self.num_workers}) so that it splits evenly",
+            self.global_batch_size,
+        )
+        if self.micro_batch_size is not None:
+            _require(
+                self.micro_batch_size >= 1
+                and self.batch_size_per_worker % self.micro_batch_size == 0,
+                "micro_batch_size",
+                f"a divisor of the per-worker batch ({self.batch_size_per_worker})",
+                self.micro_batch_size,
+            )
+        _require(self.lr > 0, "lr", "> 0", self.lr)
+        _require(0 <= self.momentum < 1, "momentum", "in [0, 1)", self.momentum)
+        _require(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
+        _require(0 < self.lr_factor < 1, "lr_factor", "in (0, 1)", self.lr_factor)
+        _require(self.lr_patience >= 0, "lr_patience", ">= 0", self.lr_patience)
+        _require(self.max_lr_reductions >= 0, "max_lr_reductions", ">= 0", self.max_lr_reductions)
+        if self.max_steps_per_epoch is not None:
+            _require(
+                self.max_steps_per_epoch >= 1,
+                "max_steps_per_epoch",
+                ">= 1",
+                self.max_steps_per_epoch,
+            )
+        _require(self.colour_shift_std >= 0, "colour_shift_std", ">= 0", self.colour_shift_std)
+        _require(self.cpus_per_worker >= 0, "cpus_per_worker", ">= 0", self.cpus_per_worker)
+        _require(self.data_cpus_per_task > 0, "data_cpus_per_task", "> 0", self.data_cpus_per_task)
+        _require(
+            self.decode_on in DECODE_PLACES,
+            "decode_on",
+            f"one of {', '.join(DECODE_PLACES)}",
+            self.decode_on,
+        )
+        _require(self.keep_checkpoints >= 1, "keep_checkpoints", ">= 1", self.keep_checkpoints)
+        _require(
+            self.max_failures >= -1, "max_failures", ">= -1 (-1: unlimited)", self.max_failures
+        )
+        if self.init_from is not None:
+            _require(
+                self.config != "A",
+                "init_from",
+                "unset for config A (the deeper nets copy from net A)",
+                self.init_from,
+            )
+        _require(
+            not (self.init_from and self.resume_from),
+            "resume_from",
+            "unset when init_from is set (one starting point)",
+            self.resume_from,
+        )
+
+    @property
+    def batch_size_per_worker(self) -> int:
+        return self.global_batch_size // self.num_workers
+
+    @property
+    def train_scale(self) -> int | tuple[int, int]:
+        """S for `vgg.transforms`: an int, or (Smin, Smax) when jittering."""
+        return (
+            self.scale_min if self.scale_min == self.scale_max else (self.scale_min, self.scale_max)
+        )
+
+    @property
+    def check_scale(self) -> int:
+        """Q of the per-epoch validation: as given, else S, else the middle of [Smin, Smax]."""
+        return self.test_scale or (self.scale_min + self.scale_max) // 2
+
+    @property
+    def name(self) -> str:
+        return self.run_name or self.recipe
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
+
+
+def flat_params(config: Any) -> dict[str, str]:
+    """A config as flat string params for MLflow (None as an empty string)."""
+    return {
+        key: "" if value is None else str(value)
+        for key, value in dataclasses.asdict(config).items()
+    }
+
+
+# ---------------------------------------------------------------------------
+# --set key=value overrides
+
+
+def _parse_value(text: str, annotation: Any, field_name: str) -> Any:
+    hint = annotation
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        hint = args[0]
+    if optional and text.lower() in ("", "none", "null"):
+        return None
+    try:
+        if hint is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        return hint(text)
+    except ValueError:
+        raise ConfigError(f"{field_name} takes a {hint.__name__}; got {text!r}") from None
+
+
+def apply_overrides(config: Any, assignments: list[str]) -> Any:
+    """`config` with `key=value` assignments applied (values parsed by field type)."""
+    hints = typing.get_type_hints(type(config))
+    fields = {f.name for f in dataclasses.fields(config)}
+    changes: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise ConfigError(f"--set takes key=value; got {assignment!r}")
+        if key not in fields:
+            raise ConfigError(
+                f"unknown config field {key!r}; fields are {', '.join(sorted(fields))}"
+            )
+        changes[key] = _parse_value(value.strip(), hints[key], key)
+    return dataclasses.replace(config, **changes)
+
+
+# ---------------------------------------------------------------------------
+# Named recipes
+
+PAPER_CONFIGS = ("a", "a-lrn", "b", "c", "d", "e")
+
+
+def _paper(config: str, stage: str, **overrides: Any) -> TrainConfig:
+    """The paper's recipe on GPUs: 224 crops, batch 256, bf16 and channels_last."""
+    recipe = f"paper-{config}-{stage}"
+    base = TrainConfig(
+        recipe=recipe,
+        config=config.upper(),
+        use_gpu=True,
+        num_workers=4,  # the paper's 4 GPUs; set num_workers for your cluster
+        cpus_per_worker=4,
+        bf16=True,
+        channels_last=True,
+        compile=True,
+    )
+    if stage == "384":
+        # Initialised from the S = 256 net with a smaller lr (section 3.1).
+        base = dataclasses.replace(base, scale_min=384, scale_max=384, lr=1e-3)
+    elif stage == "jitter":
+        # Fine-tuned, all layers, from the S = 384 net of the same config.
+        base = dataclasses.replace(base, scale_min=256, scale_max=512, lr=1e-3, test_scale=384)
+    return dataclasses.replace(base, **overrides)
+
+
+def _demo(**overrides: Any) -> TrainConfig:
+    """Narrow nets on the demo digits, on a laptop CPU. Glorot init: the paper's
+    gaussian init needs its long schedule (and net A) to get going."""
+    return TrainConfig(
+        recipe="demo",
+        config="A",
+        width=0.125,
+        crop_size=32,
+        scale_min=36,
+        scale_max=36,
+        init="xavier",
+        epochs=12,
+        global_batch_size=64,
+        lr=0.02,
+        lr_patience=1,
+        num_workers=2,
+        cpus_per_worker=0.5,
+        data_cpus_per_task=0.5,
+        keep_checkpoints=1,
+        **overrides,
+    )
+
+
+def _smoke(**overrides: Any) -> TrainConfig:
+    """The smallest run that exercises every part: seconds of training."""
+    return dataclasses.replace(
+        _demo(),
+        recipe="smoke",
+        width=0.0625,
+        epochs=2,
+        max_steps_per_epoch=4,
+        global_batch_size=32,
+        num_workers=1,
+        **overrides,
+    )
+
+
+def _recipes() -> dict[str, Callable[..., TrainConfig]]:
+    recipes: dict[str, Callable[..., TrainConfig]] = {"demo": _demo, "smoke": _smoke}
+    for config in PAPER_CONFIGS:
+        for stage in ("256", "384", "jitter"):
+            recipes[f"paper-{config}-{stage}"] = lambda c=config, s=stage, **kw: _paper(c, s, **kw)
+    return recipes
+
+
+RECIPES = _recipes()
+
+
+def recipe(name: str, overrides: list[str] | None = None) -> TrainConfig:
+    """The named recipe's config with `key=value` overrides applied."""
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; recipes are {', '.join(RECIPES)}")
+    return apply_overrides(RECIPES[name](), overrides or [])
+
+
+__all__ = [
+    "RECIPES",
+    "ConfigError",
+    "TrainConfig",
+    "apply_overrides",
+    "flat_params",
+    "recipe",
+]

@@ -1,0 +1,190 @@
+"""MLflow, and only here: tracking URI, runs, params, metrics, artifacts, models.
+
+The default store is a SQLite file in the working folder (`./mlflow.db`), so
+`mlflow ui --backend-store-uri sqlite:///mlflow.db` browses it with no server;
+`MLFLOW_TRACKING_URI` or a config's `tracking_uri` points at a tracking server
+instead (what a multi-node cluster needs: its workers cannot share a SQLite file).
+
+A run is found again by its name (tag `vggpipe.run_name`) in its experiment,
+so running the same name again continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+import vgg
+
+DEFAULT_STORE = "mlflow.db"
+RUN_NAME_TAG = "vggpipe.run_name"
+STAGE_TAG = "vggpipe.stage"
+RECIPE_TAG = "vggpipe.recipe"
+BEST_CHECKPOINT_TAG = "vggpipe.checkpoint.best"
+FINAL_CHECKPOINT_TAG = "vggpipe.checkpoint.final"
+INIT_FROM_TAG = "vggpipe.init_from"
+DATASET_TAG = "vggpipe.dataset.manifest_sha256"
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI draws the tree from it
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """The configured URI, else MLFLOW_TRACKING_URI, else ./mlflow.db as an
+    absolute SQLite URI (workers on this machine resolve it alike)."""
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(DEFAULT_STORE).resolve()}"
+
+
+def client(uri: str | None = None) -> MlflowClient:
+    uri = tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def experiment_id(name: str, uri: str | None = None) -> str:
+    mlflow_client = client(uri)
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return mlflow_client.create_experiment(name)
+
+
+def find_run(name: str, experiment: str, uri: str | None = None):
+    """The newest run tagged with `name` in `experiment`, or None."""
+    mlflow_client = client(uri)
+    found = mlflow_client.search_runs(
+        [experiment_id(experiment, uri)],
+        filter_string=f"tags.`{RUN_NAME_TAG}` = '{name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return found[0] if found else None
+
+
+def start_run(
+    name: str,
+    experiment: str,
+    *,
+    uri: str | None = None,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """The id of the run called `name`: the existing one (set running again) or a new one."""
+    mlflow_client = client(uri)
+    existing = find_run(name, experiment, uri)
+    if existing is not None:
+        mlflow_client.update_run(existing.info.run_id, status="RUNNING")
+        run_id = existing.info.run_id
+    else:
+        all_tags = {RUN_NAME_TAG: name, "mlflow.runName": name}
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        run_id = mlflow_client.create_run(
+            experiment_id(experiment, uri), tags=all_tags, run_name=name
+        ).info.run_id
+    for key, value in (tags or {}).items():
+        mlflow_client.set_tag(run_id, key, value)
+    return run_id
+
+
+def end_run(run_id: str, status: str = "FINISHED", uri: str | None = None) -> None:
+    client(uri).set_terminated(run_id, status=status)
+
+
+def log_params(run_id: str, params: Mapping[str, str], uri: str | None = None) -> None:
+    """Log params once: MLflow refuses a param logged again with another value,
+    and a resumed run logs the same values again."""
+    mlflow_client = client(uri)
+    logged = mlflow_client.get_run(run_id).data.params
+    fresh = [mlflow.entities.Param(k, str(v)) for k, v in params.items() if k not in logged]
+    changed = {
+        k: (logged[k], str(v)) for k, v in params.items() if k in logged and logged[k] != str(v)
+    }
+    if changed:
+        raise ValueError(
+            f"run {run_id} was started with other settings: "
+            + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            + "; give the run another name"
+        )
+    for start in range(0, len(fresh), 100):  # MLflow's batch limit
+        mlflow_client.log_batch(run_id, params=fresh[start : start + 100])
+
+
+def log_metrics(
+    run_id: str, metrics: Mapping[str, float], step: int, uri: str | None = None
+) -> None:
+    import time
+
+    now = int(time.time() * 1000)
+    entries = [mlflow.entities.Metric(k, float(v), now, step) for k, v in metrics.items()]
+    client(uri).log_batch(run_id, metrics=entries)
+
+
+def set_tags(run_id: str, tags: Mapping[str, str], uri: str | None = None) -> None:
+    mlflow_client = client(uri)
+    for key, value in tags.items():
+        mlflow_client.set_tag(run_id, key, str(value))
+
+
+def log_text(run_id: str, text: str, artifact_file: str, uri: str | None = None) -> None:
+    client(uri).log_text(run_id, text, artifact_file)
+
+
+def log_dict(run_id: str, value: Any, artifact_file: str, uri: str | None = None) -> None:
+    client(uri).log_dict(run_id, value, artifact_file)
+
+
+def log_artifact(
+    run_id: str, path: str, artifact_path: str | None = None, uri: str | None = None
+) -> None:
+    client(uri).log_artifact(run_id, path, artifact_path)
+
+
+def log_model(
+    run_id: str,
+    model,
+    name: str,
+    input_example,
+    uri: str | None = None,
+    registered_model_name: str | None = None,
+):
+    """Log a torch model with its signature, bundling the `vgg` package so that
+    `mlflow.pytorch.load_model` works where this project is not installed."""
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    client(uri)
+    model = model.eval().cpu()
+    with torch.no_grad():
+        output = model(torch.as_tensor(input_example)).numpy()
+    signature = infer_signature(input_example, output)
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        return mlflow.pytorch.log_model(
+            model,
+            name=name,
+            signature=signature,
+            input_example=input_example,
+            code_paths=[str(Path(vgg.__file__).parent)],
+            registered_model_name=registered_model_name,
+        )
+
+
+def download_artifacts(run_id: str, path: str, uri: str | None = None) -> str:
+    client(uri)
+    destination = tempfile.mkdtemp(prefix="vggpipe-artifacts-")
+    return mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=path, dst_path=destination
+    )
+
+
+def get_run(run_id: str, uri: str | None = None):
+    return client(uri).get_run(run_id)
