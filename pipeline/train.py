@@ -339,8 +339,13 @@ def check_inputs(config: TrainConfig) -> tuple[ShardStore, int]:
     return store, len(manifest.classes)
 
 
-def train(config: TrainConfig, *, address: str | None = None) -> TrainResult:
-    """Run (or resume) the training run `config` describes; see the module docstring."""
+def train(
+    config: TrainConfig, *, address: str | None = None, callbacks: list | None = None
+) -> TrainResult:
+    """Run (or resume) the training run `config` describes; see the module docstring.
+
+    `callbacks` go to Ray Train's RunConfig (a Tune sweep passes the callback
+    that forwards each report to Tune)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -398,6 +403,7 @@ def train(config: TrainConfig, *, address: str | None = None) -> TrainResult:
                 name=config.name,
                 storage_path=_storage_path(config.storage_path),
                 failure_config=FailureConfig(max_failures=config.max_failures),
+                callbacks=callbacks,
                 checkpoint_config=CheckpointConfig(
                     num_to_keep=config.keep_checkpoints,
                     checkpoint_score_attribute=VAL_METRIC,
