@@ -30,19 +30,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
 from pipeline.preprocess import ImageRejected, process_image, resize, shrunk_size
 from pipeline.sources import list_images, open_source
 
 
-def load_images(source: str, limit: int | None, seed: int = 0) -> list[bytes]:
+def chosen_images(source: str, limit: int | None, seed: int = 0) -> pa.Table:
+    """The listing of SOURCE, or a seeded sample of `limit` of its images."""
     table = list_images(open_source(source))
     if limit is not None and limit < table.num_rows:
         table = table.take(np.sort(np.random.default_rng(seed).permutation(table.num_rows)[:limit]))
-    reader = open_source(source).reader()
+    return table
+
+
+def read_images(source: str, table: pa.Table) -> list[bytes]:
     columns = [table[name].to_pylist() for name in ("path", "offset", "size")]
-    return list(reader.read(*columns))
+    return list(open_source(source).reader().read(*columns))
 
 
 def naive(images: list[bytes], max_short_side: int, folder: Path) -> float:
@@ -198,11 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.source:
         parser.error("give SOURCE, or --make-photo-source DIR")
-    source = args.source
-    images = load_images(source, args.limit)
-    if args.limit is not None:
-        # Ours reads SOURCE itself; give it exactly the images the naive script gets.
-        source = _subset_source(source, args.limit)
+    table = chosen_images(args.source, args.limit)
+    images = read_images(args.source, table)
     sizes = []
     for data in images[:500]:
         with contextlib.suppress(OSError):
@@ -217,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     breakdowns = {}
     with tempfile.TemporaryDirectory() as scratch:
+        source = args.source
+        if args.limit is not None:
+            source = _copy_as_folders(table, images, Path(scratch) / "subset")
         for max_short_side in args.sizes:
             before = naive(images, max_short_side, _fresh(scratch, f"naive-a{max_short_side}"))
             one, one_end = ours(source, max_short_side, 1, _fresh(scratch, f"o1-{max_short_side}"))
@@ -250,18 +255,10 @@ def _fresh(scratch: str, name: str) -> Path:
     return folder
 
 
-def _subset_source(source: str, limit: int) -> str:
-    """A folders-layout copy of the images `load_images` picked, so both sides see the same."""
-    table = list_images(open_source(source))
-    chosen = np.sort(np.random.default_rng(0).permutation(table.num_rows)[:limit])
-    table = table.take(chosen)
-    folder = Path(tempfile.mkdtemp(prefix="bench-subset-"))
-    reader = open_source(source).reader()
-    columns = [table[name].to_pylist() for name in ("path", "offset", "size")]
-    rows = zip(
-        table["split"].to_pylist(), table["wnid"].to_pylist(), table["key"].to_pylist(), strict=True
-    )
-    for (split, wnid, key), data in zip(rows, reader.read(*columns), strict=True):
+def _copy_as_folders(table: pa.Table, images: list[bytes], folder: Path) -> str:
+    """The chosen images as a folders-layout source, so that ours reads what naive gets."""
+    rows = zip(*(table[name].to_pylist() for name in ("split", "wnid", "key")), strict=True)
+    for (split, wnid, key), data in zip(rows, images, strict=True):
         path = folder / split / (wnid or "unlabelled") / key
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
