@@ -67,7 +67,10 @@ def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def canonical_uri(uri: str) -> str:
-    """The same location spelled one way, so `data/x` and `/abs/data/x` compare equal."""
+    """The same location spelled one way, so that `data/x`, `/abs/data/x` and
+    `file:///abs/data/x` compare equal."""
+    if uri.startswith("file://"):
+        return resolve_filesystem(uri)[1].rstrip("/")
     return uri.rstrip("/") if "://" in uri else os.path.abspath(os.path.expanduser(uri))
 
 

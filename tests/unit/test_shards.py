@@ -193,4 +193,5 @@ def test_paths_and_uris_resolve_to_the_same_place(tmp_path, monkeypatch):
     _, uri = resolve_filesystem(f"file://{tmp_path}/data/out")
     assert relative == uri == f"{tmp_path}/data/out"
     assert canonical_uri("data/out/") == f"{tmp_path}/data/out"
+    assert canonical_uri(f"file://{tmp_path}/data/out/") == f"{tmp_path}/data/out"
     assert canonical_uri("s3://bucket/x/") == "s3://bucket/x"
