@@ -25,6 +25,7 @@ import io
 import math
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -471,9 +472,8 @@ def _make_plan(
     for split_number, split in enumerate(SPLITS):
         rows = listing.filter(pc.equal(listing["split"], split))
         keys = rows["key"].to_pylist()
-        if len(set(keys)) != len(keys):
-            seen: set[str] = set()
-            duplicates = sorted({key for key in keys if key in seen or seen.add(key)})
+        duplicates = sorted(key for key, times in Counter(keys).items() if times > 1)
+        if duplicates:
             raise SourceError(
                 f"{len(duplicates)} file names occur twice in {split} "
                 f"(e.g. {', '.join(duplicates[:3])}); keys must be unique"
@@ -536,14 +536,15 @@ def _run_shards(
     reader_ref, store_ref = ray.put(reader), ray.put(store)
     todo = list(_shard_slices(plan))
     todo.reverse()  # popped from the end, so shards start in order
-    # A few tasks per CPU in flight: enough to keep every CPU busy, few enough
-    # that waiting on them stays cheap with a thousand shards to go.
-    window = max(4, 2 * int(ray.cluster_resources().get("CPU", 1)))
     pending: list[ray.ObjectRefGenerator] = []
     results: list[ShardResult] = []
     bar = tqdm(total=table.num_rows, desc="shards", unit="img", disable=None if progress else True)
     try:
         while todo or pending:
+            # A few tasks per CPU in flight: enough to keep every CPU busy (asked
+            # again each time, as an autoscaling cluster grows), few enough that
+            # waiting on them stays cheap with a thousand shards to go.
+            window = max(4, 2 * int(ray.cluster_resources().get("CPU", 1))) if todo else 0
             while todo and len(pending) < window:
                 split, index, count, rows = todo.pop()
                 pending.append(
@@ -606,8 +607,8 @@ def _raise_too_many_rejected(
 
 
 def _shard_moments(store: ShardStore, shard: ShardInfo, rows: int) -> PixelMoments:
-
-    images = store.read_shard(shard, ["image"]).slice(0, rows)["image"]
+    # Only the record batches that hold the first rows are read, not the shard.
+    images = store.read_rows(shard, 0, rows, ["image"])["image"]
     return image_moments(value.as_py() for value in images)
 
 
