@@ -140,7 +140,7 @@ def _run_verify(args: argparse.Namespace) -> int:
 
     store = ShardStore(args.output)
     manifest = store.manifest()
-    problems = store.verify()
+    problems = store.verify(progress=True)
     for problem in problems:
         print(f"vggpipe verify: bad shard {problem}", file=sys.stderr)
     shards = sum(len(split.shards) for split in manifest.splits.values())

@@ -356,16 +356,27 @@ class ShardStore:
 
     # Verification
 
-    def verify(self) -> list[str]:
+    def verify(self, progress: bool = False) -> list[str]:
         """Re-read every shard the manifest lists; one line per problem found
         (missing, unreadable, wrong checksum, wrong row count), empty when all is well."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tqdm import tqdm
+
         manifest = self.manifest()
-        problems = []
-        for split, info in manifest.splits.items():
-            if sum(shard.rows for shard in info.shards) != info.rows:
-                problems.append(f"{split}: shard rows do not add up to the split's {info.rows}")
-            for shard in info.shards:
-                problem = self._shard_problem(shard)
+        problems = [
+            f"{split}: shard rows do not add up to the split's {info.rows}"
+            for split, info in manifest.splits.items()
+            if sum(shard.rows for shard in info.shards) != info.rows
+        ]
+        shards = [shard for info in manifest.splits.values() for shard in info.shards]
+        # Reading and hashing release the GIL, so a few threads keep a disk or a
+        # network filesystem busy.
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            found = pool.map(self._shard_problem, shards)
+            disable = None if progress else True  # None: only on a terminal
+            bar = tqdm(found, total=len(shards), desc="verify", unit="shard", disable=disable)
+            for shard, problem in zip(shards, bar, strict=True):
                 if problem:
                     problems.append(f"{shard.path}: {problem}")
         return problems
