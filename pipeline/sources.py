@@ -142,64 +142,51 @@ def open_source(uri: str) -> Source:
         return name in entries and entries[name].type == pafs.FileType.File
 
     devkit = _read_devkit(fs, root, entries)
+
+    def make(
+        layout: str,
+        wnids: list[str],
+        units: list[ListingUnit],
+        labels_from: str,
+        labels: dict[str, str],
+    ) -> Source:
+        wnids = sorted(wnids)
+        names = _class_names(fs, root, entries, devkit, wnids)
+        return Source(uri, fs, root, layout, labels_from, wnids, names, units, labels)
+
     found: list[str] = []
     if is_dir("train"):
         train_wnids = _subfolders(fs, f"{root}/train")
         if not train_wnids:
             raise SourceError(f"{uri}/train holds no class folders (train/<wnid>/*.JPEG)")
+        train_units = [ListingUnit("train", "class-folders", "train")]
         if not is_dir("val"):
             found.append("train/ without val/")
+        elif _subfolders(fs, f"{root}/val"):
+            val_unit = ListingUnit("val", "class-folders", "val")
+            return make("folders", train_wnids, [*train_units, val_unit], "folders", {})
         else:
-            val_folders = _subfolders(fs, f"{root}/val")
-            units = [ListingUnit("train", "class-folders", "train")]
-            if val_folders:
-                return _make_source(
-                    uri, fs, root, "folders", "folders", train_wnids, entries, devkit,
-                    [*units, ListingUnit("val", "class-folders", "val")], {},
-                )  # fmt: skip
             labels_from, labels = _val_labels(fs, root, entries, devkit)
             if labels:
-                return _make_source(
-                    uri, fs, root, "flat-val", labels_from, train_wnids, entries, devkit,
-                    [*units, ListingUnit("val", "flat-folder", "val")], labels,
-                )  # fmt: skip
+                val_unit = ListingUnit("val", "flat-folder", "val")
+                return make("flat-val", train_wnids, [*train_units, val_unit], labels_from, labels)
             found.append(f"train/ and a flat val/ but neither {LOC_VAL_CSV} nor the devkit")
     if is_file(TRAIN_TAR):
+        labels_from, labels = _val_labels(fs, root, entries, devkit)
         if not is_file(VAL_TAR):
             found.append(f"{TRAIN_TAR} without {VAL_TAR}")
-        else:
-            labels_from, labels = _val_labels(fs, root, entries, devkit)
-            if labels:
-                class_tars = _inner_class_tars(fs, root)
-                units = [ListingUnit("train", "class-tar", TRAIN_TAR, w, o) for w, o in class_tars]
-                wnids = [wnid for wnid, _ in class_tars]
-                return _make_source(
-                    uri, fs, root, "tars", labels_from, wnids, entries, devkit,
-                    [*units, ListingUnit("val", "flat-tar", VAL_TAR)], labels,
-                )  # fmt: skip
+        elif not labels:
             found.append(f"the tars but neither {LOC_VAL_CSV} nor the devkit")
+        else:
+            class_tars = _inner_class_tars(fs, root)
+            units = [ListingUnit("train", "class-tar", TRAIN_TAR, w, o) for w, o in class_tars]
+            units.append(ListingUnit("val", "flat-tar", VAL_TAR))
+            return make("tars", [wnid for wnid, _ in class_tars], units, labels_from, labels)
     looked_for = "; ".join(
         f"({n}) {name}: {text}" for n, (name, text) in enumerate(LAYOUTS.items(), 1)
     )
     seen = f" Found {', '.join(found)}." if found else ""
     raise SourceError(f"no ILSVRC-2012 layout in {uri}. Looked for {looked_for}.{seen}")
-
-
-def _make_source(
-    uri: str,
-    fs: pafs.FileSystem,
-    root: str,
-    layout: str,
-    val_labels_from: str,
-    wnids: list[str],
-    entries: dict[str, pafs.FileInfo],
-    devkit: tuple[bytes, bytes] | None,
-    units: list[ListingUnit],
-    val_labels: dict[str, str],
-) -> Source:
-    wnids = sorted(wnids)
-    names = _class_names(fs, root, entries, devkit, wnids)
-    return Source(uri, fs, root, layout, val_labels_from, wnids, names, units, val_labels)
 
 
 def _subfolders(fs: pafs.FileSystem, path: str) -> list[str]:
