@@ -299,7 +299,7 @@ class PreprocessSummary:
             head = f"Prepared {self.output} from {self.source} (layout: {self.layout})."
         lines = [head]
         for split, count in self.images.items():
-            lines.append(f"  {split:<8} {count:>10,} images in {self.shards[split]:,} shards")
+            lines.append(f"  {split:<8} {count:>10,} images in {_shards(self.shards[split])}")
         lines.append(f"  classes  {self.classes:>10,}")
         lines.append(f"  rejected {len(self.rejected):>10,}")
         for rejection in self.rejected[:20]:
@@ -312,7 +312,7 @@ class PreprocessSummary:
                 f", {self.shards_reused} kept from an earlier run" if self.shards_reused else ""
             )
             lines.append(
-                f"  written  {_megabytes(self.bytes_written)} in {self.shards_written} shards{reused}"
+                f"  written  {_megabytes(self.bytes_written)} in {_shards(self.shards_written)}{reused}"
             )
             phases = ", ".join(f"{name} {sec:.1f} s" for name, sec in self.seconds_by_phase.items())
             lines.append(
@@ -320,6 +320,10 @@ class PreprocessSummary:
                 f"({self.images_processed:,} images); {self.seconds:.1f} s in all: {phases}"
             )
         return "\n".join(lines)
+
+
+def _shards(count: int) -> str:
+    return f"{count:,} shard" if count == 1 else f"{count:,} shards"
 
 
 def _megabytes(count: int) -> str:
