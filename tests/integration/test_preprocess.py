@@ -215,17 +215,16 @@ def test_a_driver_killed_mid_run_leaves_a_run_that_a_rerun_completes(ray_local, 
     def shards() -> set[Path]:
         return set(output.glob("*/*.arrow"))
 
-    driver = subprocess.Popen(
-        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not shards() and driver.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        driver.send_signal(signal.SIGKILL)
-    finally:
-        driver.wait()
-    assert driver.returncode == -signal.SIGKILL
+    with (tmp_path / "driver.log").open("w") as log:
+        driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while not shards() and driver.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            driver.send_signal(signal.SIGKILL)
+        finally:
+            driver.wait()
+    assert driver.returncode == -signal.SIGKILL, (tmp_path / "driver.log").read_text()[-2000:]
     # Ray ends the dead driver's tasks; wait until none is still finishing a shard.
     done_before = _wait_until_stable(shards)
     total = sum(math.ceil(demo.count(split) / 8) for split in ("train", "val"))
