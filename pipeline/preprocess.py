@@ -183,6 +183,7 @@ class ShardResult:
     rejected: list[Rejection]
     images_processed: int  # 0 for a shard kept from an earlier run
     written: bool
+    cpu_seconds: float = 0.0  # the task's process CPU time: read, decode, encode, write
 
 
 def ensure_shard(
@@ -221,6 +222,7 @@ def write_shard(
     config: PreprocessConfig,
     plan_id: str,
 ) -> Iterator[int | ShardResult]:
+    cpu_started = time.process_time()
     keys = rows["key"].to_pylist()
     labels = rows["label"].to_pylist()
     paths = rows["path"].to_pylist()
@@ -263,7 +265,8 @@ def write_shard(
     info = store.write_shard(split, index, count, table, metadata)
     if since_report:
         yield since_report
-    yield ShardResult(info, rejected, len(keys), written=True)
+    cpu_seconds = time.process_time() - cpu_started
+    yield ShardResult(info, rejected, len(keys), written=True, cpu_seconds=cpu_seconds)
 
 
 # The run
@@ -284,6 +287,9 @@ class PreprocessSummary:
     shards_reused: int  # complete shards found from an earlier, interrupted run
     images_processed: int  # decoded (and re-encoded where needed) by this run
     seconds: float
+    # CPU time the shard tasks used, summed over workers: unlike wall time, it
+    # does not grow when other programs share the CPUs.
+    worker_cpu_seconds: float = 0.0
     seconds_by_phase: dict[str, float] = field(default_factory=dict)
     already_done: bool = False  # the output was already complete with these parameters
 
@@ -423,6 +429,7 @@ def run_preprocess(
         shards_reused=len(results) - len(written),
         bytes_written=sum(result.info.bytes for result in written),
         images_processed=sum(result.images_processed for result in results),
+        worker_cpu_seconds=sum(result.cpu_seconds for result in results),
     )
 
 

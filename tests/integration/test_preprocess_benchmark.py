@@ -29,6 +29,7 @@ def test_benchmark_reports_ours_against_naive_per_core(tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"source {source}: 60 images")
     header = next(i for i, line in enumerate(lines) if line.startswith("max_short_side |"))
+    assert any(line.startswith("CPU time, images per CPU-second") for line in lines)
     cells = [cell.strip() for cell in lines[header + 2].split("|")]
     assert cells[0] == "96"
     assert cells[3].endswith("x") and float(cells[3][:-1]) > 0
