@@ -34,4 +34,4 @@ def test_benchmark_reports_ours_against_naive_per_core(tmp_path):
     assert cells[0] == "96"
     assert cells[3].endswith("x") and float(cells[3][:-1]) > 0
     assert cells[5].endswith("x")
-    assert "where one image's time goes at max_short_side 96 (ms, 1 thread)" in result.stdout
+    assert "where one image's time goes at max_short_side 96 (CPU ms)" in result.stdout
