@@ -355,3 +355,113 @@ __all__ = [
     "flat_params",
     "recipe",
 ]
+
+
+# ---------------------------------------------------------------------------
+# Evaluation (PAPER.md section 3)
+
+EVALUATION_PROTOCOLS = ("centre", "dense", "multi-crop", "dense+multi-crop")
+SCALE_SETS = ("single", "multi")
+
+
+def parse_scale_set(text: str) -> str | tuple[int, ...]:
+    """ "single", "multi", or explicit test scales Q as "256,384,512"."""
+    text = str(text).strip().lower()
+    if text in SCALE_SETS:
+        return text
+    try:
+        scales = tuple(int(q) for q in text.replace(" ", "").split(","))
+    except ValueError:
+        raise ConfigError(
+            f"scales must be 'single', 'multi' or comma-separated Q like '256,384,512'; got {text!r}"
+        ) from None
+    _require(all(q > 0 for q in scales), "scales", "positive test scales Q", text)
+    return tuple(sorted(set(scales)))
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """One evaluation (`pipeline.evaluate`): which nets, which protocols, where."""
+
+    # MLflow run ids, registered models (name/version, models:/name/version,
+    # models:/name@alias), checkpoint folders or torchvision state dict files (.pth)
+    models: tuple[str, ...] = ()
+    data: str = ""  # prepared dataset; "" takes the first model's training data
+    split: str = "val"
+
+    protocols: tuple[str, ...] = EVALUATION_PROTOCOLS
+    # Each entry is one table block: "single" (Q = S, or the middle of [Smin, Smax]),
+    # "multi" (the paper's three Q from S), or explicit Q as "256,384,512".
+    scales: tuple[str, ...] = SCALE_SETS
+    scale_step: int = 32  # fixed S: multi-scale Q = S - step, S, S + step (pixels)
+    ensemble: bool = False  # also the nets' averaged posteriors (needs two or more)
+    grid: int = 5  # multi-crop: grid x grid crops, each also flipped
+    limit: int | None = None  # evaluate only the split's first `limit` images (quick checks)
+
+    # Hardware
+    batch_size: int = 64  # most network inputs (crops or whole images) per forward pass
+    workers: int | None = None  # Ray tasks sharing the images; None: one per GPU, else 1
+    use_gpu: bool | None = None  # None: when the cluster has GPUs
+    cpus_per_worker: float = 1.0
+    data_cpus_per_task: float = 1.0  # CPUs of each Ray Data decode task
+    bf16: bool = False  # bf16 autocast on the device
+
+    # Bookkeeping
+    output: str | None = None  # folder for the tables; None: evaluations/<run name>
+    run_name: str | None = None  # MLflow evaluation run (ensembles, several nets, files)
+    experiment: str = "vggpipe"
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else ./mlflow.db
+    parent_run_id: str | None = None
+
+    def __post_init__(self) -> None:
+        # JSON and Python callers give lists; the frozen config keeps tuples.
+        for name in ("models", "protocols", "scales"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        _require(
+            len(self.models) >= 1 and all(self.models), "models", "one or more models", self.models
+        )
+        unknown = [p for p in self.protocols if p not in EVALUATION_PROTOCOLS]
+        _require(
+            bool(self.protocols) and not unknown,
+            "protocols",
+            f"one or more of {', '.join(EVALUATION_PROTOCOLS)}",
+            self.protocols,
+        )
+        _require(bool(self.scales), "scales", "one or more scale sets", self.scales)
+        canonical = []
+        for entry in self.scales:
+            parsed = parse_scale_set(entry)
+            canonical.append(parsed if isinstance(parsed, str) else ",".join(map(str, parsed)))
+        object.__setattr__(self, "scales", tuple(canonical))
+        _require(bool(self.split), "split", "a split name such as 'val'", self.split)
+        _require(self.scale_step >= 1, "scale_step", ">= 1", self.scale_step)
+        _require(
+            not self.ensemble or len(self.models) >= 2,
+            "ensemble",
+            "False with a single model (an ensemble needs two or more)",
+            self.ensemble,
+        )
+        _require(self.grid >= 2, "grid", ">= 2 (corners and centre need a grid)", self.grid)
+        if self.limit is not None:
+            _require(self.limit >= 1, "limit", ">= 1 or None", self.limit)
+        _require(self.batch_size >= 2, "batch_size", ">= 2", self.batch_size)
+        if self.workers is not None:
+            _require(self.workers >= 1, "workers", ">= 1 or None", self.workers)
+        _require(self.cpus_per_worker >= 0, "cpus_per_worker", ">= 0", self.cpus_per_worker)
+        _require(self.data_cpus_per_task > 0, "data_cpus_per_task", "> 0", self.data_cpus_per_task)
+
+    @property
+    def scale_sets(self) -> tuple[str | tuple[int, ...], ...]:
+        """`scales` parsed: "single", "multi" or a tuple of Q."""
+        return tuple(parse_scale_set(entry) for entry in self.scales)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EvaluateConfig:
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"

@@ -188,3 +188,38 @@ def download_artifacts(run_id: str, path: str, uri: str | None = None) -> str:
 
 def get_run(run_id: str, uri: str | None = None):
     return client(uri).get_run(run_id)
+
+
+# ---------------------------------------------------------------------------
+# The model registry, for evaluation
+
+
+def registered_model_version(reference: str, uri: str | None = None):
+    """The registry's ModelVersion that `reference` names ("models:/name/version",
+    "models:/name@alias" or "name/version"), or None when it names no registered
+    model in this store. Its `run_id` is the run that logged the model."""
+    from mlflow.exceptions import MlflowException
+
+    name = reference.removeprefix("models:/")
+    mlflow_client = client(uri)
+    try:
+        if "@" in name:
+            model, alias = name.rsplit("@", 1)
+            return mlflow_client.get_model_version_by_alias(model, alias)
+        model, slash, version = name.rpartition("/")
+        if not slash or not version.isdigit():
+            return None
+        return mlflow_client.get_model_version(model, version)
+    except MlflowException:
+        return None
+
+
+def load_registered_state_dict(name: str, version: str, uri: str | None = None):
+    """The weights of registered model `name` version `version`, on the CPU.
+    A torch.export model loads as a graph module whose state dict keeps the
+    original module's names."""
+    import mlflow.pytorch
+
+    client(uri)
+    model = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu")
+    return {key: tensor.detach().cpu() for key, tensor in model.state_dict().items()}
