@@ -266,6 +266,104 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@subcommand
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    from pipeline.config import EVALUATION_PROTOCOLS, EvaluateConfig
+
+    defaults = EvaluateConfig(models=("-",))
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="the paper's test protocols (dense, multi-crop, multi-scale, ensembles) as tables",
+        description="Evaluate trained nets with the paper's test protocols over Ray and print "
+        "the table (config, training S, test Q, protocol, top-1 and top-5 error), also written "
+        "as Markdown, CSV and JSON to --output and logged to MLflow: on each net's run, and "
+        "on a new evaluation run for an ensemble, several nets, or a net with no run.",
+        epilog="MODEL is an MLflow run id (its best checkpoint), a registered model "
+        "(models:/NAME/VERSION, models:/NAME@ALIAS or NAME/VERSION), a checkpoint folder, or a "
+        "torchvision VGG state dict file (.pth; normalised with torchvision's mean and std). "
+        "Scale sets: 'single' is Q = S (the middle of [Smin, Smax] when jittered), 'multi' is "
+        "{S-32, S, S+32} ({Smin, middle, Smax} when jittered), or explicit Q like 256,384,512.",
+    )
+    parser.add_argument("models", nargs="+", metavar="MODEL", help="nets to evaluate")
+    parser.add_argument(
+        "--data", default="", help="prepared dataset (default: the first net's training data)"
+    )
+    parser.add_argument("--split", default=defaults.split, help="split (default %(default)s)")
+    parser.add_argument(
+        "--protocols",
+        default=",".join(defaults.protocols),
+        help=f"comma-separated, from {', '.join(EVALUATION_PROTOCOLS)} (default: all)",
+    )
+    parser.add_argument(
+        "--scales",
+        action="append",
+        default=None,
+        metavar="SET",
+        help="a scale set: single, multi, or Q1,Q2,... (repeatable; default: single and multi)",
+    )
+    parser.add_argument(
+        "--ensemble", action="store_true", help="also evaluate the nets' averaged posteriors"
+    )
+    parser.add_argument(
+        "--grid", type=int, default=defaults.grid, help="multi-crop grid side (default 5: 50 crops)"
+    )
+    parser.add_argument("--limit", type=int, help="evaluate only the split's first LIMIT images")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help="most crops or whole images per forward pass (default %(default)s)",
+    )
+    parser.add_argument("--workers", type=int, help="Ray tasks (default: one per GPU, else 1)")
+    parser.add_argument(
+        "--gpu",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run on GPUs (default: when the cluster has them)",
+    )
+    parser.add_argument("--cpus-per-worker", type=float, default=defaults.cpus_per_worker)
+    parser.add_argument("--data-cpus-per-task", type=float, default=defaults.data_cpus_per_task)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the device")
+    parser.add_argument("--output", help="folder for the tables (default evaluations/NAME)")
+    parser.add_argument("--run-name", help="name of the MLflow evaluation run (default derived)")
+    parser.add_argument("--experiment", default=defaults.experiment, help="MLflow experiment")
+    parser.add_argument(
+        "--tracking-uri", help="MLflow store (default MLFLOW_TRACKING_URI, else ./mlflow.db)"
+    )
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.config import SCALE_SETS, EvaluateConfig
+    from pipeline.evaluate import run_evaluation
+
+    config = EvaluateConfig(  # validated here, before any Ray work
+        models=tuple(args.models),
+        data=args.data,
+        split=args.split,
+        protocols=tuple(p.strip() for p in args.protocols.split(",") if p.strip()),
+        scales=tuple(args.scales) if args.scales else SCALE_SETS,
+        ensemble=args.ensemble,
+        grid=args.grid,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        use_gpu=args.gpu,
+        cpus_per_worker=args.cpus_per_worker,
+        data_cpus_per_task=args.data_cpus_per_task,
+        bf16=args.bf16,
+        output=args.output,
+        run_name=args.run_name,
+        experiment=args.experiment,
+        tracking_uri=args.tracking_uri,
+    )
+    result = run_evaluation(config, address=args.address, progress=not args.no_progress)
+    print(result.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vggpipe",

@@ -223,3 +223,13 @@ def load_registered_state_dict(name: str, version: str, uri: str | None = None):
     client(uri)
     model = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu")
     return {key: tensor.detach().cpu() for key, tensor in model.state_dict().items()}
+
+
+def get_run_or_none(run_id: str, uri: str | None = None):
+    """The run `run_id`, or None when this store has no such run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(uri).get_run(run_id)
+    except MlflowException:
+        return None

@@ -1,0 +1,310 @@
+"""The evaluation stage end to end: real Ray tasks over the demo shards, real
+JPEGs, a real MLflow store (SQLite in tmp), nets from every kind of reference."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from pipeline import checkpoints, tracking
+from pipeline.cli import main
+from pipeline.config import flat_params, recipe
+from pipeline.evaluate import evaluate, load_model
+from pipeline.ingest import pixel_statistics, read_rows, record_batch_pieces
+from pipeline.shards import ShardStore
+from vgg import to_fully_convolutional
+from vgg.evaluation import crop_posteriors, dense_posteriors, top_k_errors
+from vgg.transforms import decode_rescaled, multi_crop, to_model_input
+
+PROTOCOLS = ("centre", "dense", "multi-crop", "dense+multi-crop")
+# Two workers of half a CPU each leave a CPU of the session's two for decoding.
+SMALL = {"workers": 2, "cpus_per_worker": 0.5, "data_cpus_per_task": 0.5, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def demo_nets(tmp_path_factory, demo_shards):
+    """Two smoke-recipe nets (S 36, crop 32), saved as Ray Train would save them
+    and tagged on their MLflow runs as training tags them: real checkpoints and
+    runs without the minute of training (the figures here are not the point)."""
+    root = tmp_path_factory.mktemp("evaluate")
+    uri = f"sqlite:///{root}/mlflow.db"
+    nets = []
+    for seed in (0, 1):
+        config = recipe(
+            "smoke",
+            [
+                f"data={demo_shards}",
+                f"run_name=eval-demo-{seed}",
+                f"seed={seed}",
+                f"storage_path={root}",
+                f"tracking_uri={uri}",
+            ],
+        )
+        torch.manual_seed(seed)
+        model = checkpoints.build_model(config, 10)
+        folder = root / config.name / "checkpoint_000000"
+        folder.mkdir(parents=True)
+        checkpoints.save(folder, model, config, 10, {})
+        run_id = tracking.start_run(config.name, config.experiment, uri=uri)
+        tracking.log_params(run_id, flat_params(config), uri)
+        tracking.set_tags(run_id, {tracking.BEST_CHECKPOINT_TAG: str(folder)}, uri)
+        tracking.end_run(run_id, uri=uri)
+        nets.append({"run_id": run_id, "checkpoint": str(folder), "config": config})
+    return {"uri": uri, "data": demo_shards, "root": root, "nets": nets}
+
+
+def _artifacts(run_id: str, path: str, uri: str) -> set[str]:
+    return {Path(a.path).name for a in tracking.client(uri).list_artifacts(run_id, path)}
+
+
+def test_every_protocol_and_an_ensemble_give_a_full_table_files_and_mlflow(demo_nets, tmp_path):
+    first, second = demo_nets["nets"]
+    uri = demo_nets["uri"]
+    # One net by its MLflow run id, the other by its checkpoint folder.
+    result = evaluate(
+        [first["run_id"], second["checkpoint"]],
+        data=demo_nets["data"],
+        ensemble=True,
+        limit=40,
+        output=str(tmp_path / "table"),
+        tracking_uri=uri,
+        **SMALL,
+    )
+    rows = result.rows
+    labels = ["eval-demo-0", "eval-demo-1", "eval-demo-0 + eval-demo-1"]
+    assert [(r.model, r.scale_set, r.protocol) for r in rows] == [
+        (label, scale_set, protocol)
+        for label in labels
+        for scale_set in ("single", "multi")
+        for protocol in PROTOCOLS
+    ]
+    assert {r.test_scales for r in rows} == {"36", "32,36,68"}
+    assert {(r.config, r.train_scale) for r in rows} == {("A", "36"), ("A+A", "36")}
+    assert all(r.images == 40 for r in rows) and result.images == 40
+    assert all(0 <= r.top5_error <= r.top1_error <= 100 for r in rows)
+    # The checkpoint folder was traced back to the run that wrote it.
+    assert [m.run_id for m in result.models] == [first["run_id"], second["run_id"]]
+    assert result.dense_images == 2 * 40 * 3  # two nets, three test scales
+
+    files = result.files
+    assert files["markdown"].read_text().count("\n") == 2 + len(rows)
+    assert len(list(csv.DictReader(files["csv"].open()))) == len(rows)
+    document = json.loads(files["json"].read_text())
+    assert len(document["rows"]) == len(rows) and document["images"] == 40
+
+    # Each net's rows on its own run; the whole table on the evaluation run.
+    metrics = tracking.get_run(first["run_id"], uri).data.metrics
+    dense_single = next(
+        r
+        for r in rows
+        if r.model == "eval-demo-0" and r.protocol == "dense" and r.test_scales == "36"
+    )
+    assert metrics["eval/dense/Q36/top1_error"] == pytest.approx(dense_single.top1_error / 100)
+    assert "eval/dense_and_multi-crop/Q32-36-68/top5_error" in metrics
+    tables = {"table.md", "table.csv", "table.json"}
+    for run_id in (first["run_id"], second["run_id"]):
+        assert _artifacts(run_id, f"evaluation/{result.name}", uri) == tables
+    evaluation = tracking.get_run(result.evaluation_run_id, uri)
+    assert evaluation.data.tags[tracking.STAGE_TAG] == "evaluate"
+    assert evaluation.info.status == "FINISHED"
+    assert _artifacts(result.evaluation_run_id, f"evaluation/{result.name}", uri) == tables | {
+        "config.json"
+    }
+    ensemble_metric = "eval/eval-demo-0 _ eval-demo-1/dense_and_multi-crop/Q36/top1_error"
+    assert ensemble_metric in evaluation.data.metrics
+    assert sorted(result.run_ids) == sorted(
+        [first["run_id"], second["run_id"], result.evaluation_run_id]
+    )
+
+
+def _worker_shares(data: str, workers: int, limit: int) -> list[tuple[bytes, int]]:
+    """The (JPEG, label) rows `limit` selects: each worker's first rows of its
+    share, the record batches dealt out in turn (`ingest.evaluation_dataset`)."""
+    store = ShardStore(data)
+    pieces = record_batch_pieces(store.shards("val"))
+    rows = []
+    for rank in range(workers):
+        wanted = limit // workers + (rank < limit % workers)
+        for piece in pieces[rank::workers]:
+            table = read_rows(store, piece, ["image", "label"]).to_pydict()
+            taken = list(zip(table["image"], table["label"], strict=True))[:wanted]
+            rows += taken
+            wanted -= len(taken)
+    return rows
+
+
+def _in_process_errors(checkpoint: str, data: str, rows, scale: int) -> dict[str, tuple[int, int]]:
+    """The protocols image by image with the scoring functions: no Ray, no buckets."""
+    loaded = checkpoints.load(checkpoint)
+    model, crop = loaded.model.eval(), loaded.config.crop_size
+    dense = to_fully_convolutional(model)
+    mean = pixel_statistics(data).mean_rgb
+    posteriors: dict[str, list[torch.Tensor]] = {p: [] for p in PROTOCOLS}
+
+    def as_input(pixels: np.ndarray) -> torch.Tensor:
+        return to_model_input(torch.from_numpy(np.array(pixels)), mean)
+
+    for jpeg, _ in rows:
+        image = decode_rescaled(jpeg, scale)
+        top, left = (image.shape[0] - crop) // 2, (image.shape[1] - crop) // 2
+        with torch.no_grad():
+            centre = crop_posteriors(
+                model, as_input(image[None, top : top + crop, left : left + crop])[None]
+            )
+            whole = dense_posteriors(dense, as_input(image[None]))
+            grid = crop_posteriors(model, as_input(multi_crop(image, crop))[None])
+        posteriors["centre"].append(centre)
+        posteriors["dense"].append(whole)
+        posteriors["multi-crop"].append(grid)
+        posteriors["dense+multi-crop"].append((whole + grid) / 2)
+    labels = torch.tensor([label for _, label in rows])
+    errors = {}
+    for protocol, found in posteriors.items():
+        counts = top_k_errors(torch.cat(found), labels)
+        errors[protocol] = (counts[1], counts[5])
+    return errors
+
+
+def test_workers_share_the_images_and_agree_with_a_plain_loop(demo_nets, tmp_path):
+    net = demo_nets["nets"][0]
+    data = demo_nets["data"]
+    images = 60
+    result = evaluate(
+        net["checkpoint"],
+        data=data,
+        scales=("single",),
+        limit=images,
+        output=str(tmp_path),
+        tracking_uri=demo_nets["uri"],
+        **SMALL,
+    )
+    assert result.images == images and result.workers == 2
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the session's Ray workers share these two cores
+    try:
+        expected = _in_process_errors(
+            net["checkpoint"], data, _worker_shares(data, 2, images), scale=36
+        )
+    finally:
+        torch.set_num_threads(threads)
+    for row in result.rows:
+        top1, top5 = expected[row.protocol]
+        # Batches of other sizes may round a near-tie the other way: one image at most.
+        assert abs(row.top1_error * images / 100 - top1) <= 1, row
+        assert abs(row.top5_error * images / 100 - top5) <= 1, row
+
+
+def test_a_torchvision_state_dict_is_evaluated_through_interop(demo_nets, tmp_path):
+    torch.manual_seed(0)
+    # torchvision's VGG-11 with random weights, ten classes to match the demo data.
+    weights = tmp_path / "vgg11-random.pth"
+    torch.save(torchvision.models.vgg11(num_classes=10).state_dict(), weights)
+    result = evaluate(
+        str(weights),
+        data=demo_nets["data"],
+        protocols=("centre", "dense"),
+        scales=("single",),
+        limit=2,
+        output=str(tmp_path / "table"),
+        tracking_uri=demo_nets["uri"],
+        workers=1,
+        cpus_per_worker=1,
+        data_cpus_per_task=1,
+        progress=False,
+    )
+    (model,) = result.models
+    assert model.source == "torchvision" and model.std_rgb is not None
+    assert (model.architecture.config, model.architecture.crop_size) == ("A", 224)
+    assert [(r.config, r.train_scale, r.test_scales, r.images) for r in result.rows] == [
+        ("A", "-", "256", 2),
+        ("A", "-", "256", 2),
+    ]
+    # No training run to log on: an evaluation run holds the table.
+    assert result.run_ids == [result.evaluation_run_id]
+    assert "table.md" in _artifacts(
+        result.evaluation_run_id, f"evaluation/{result.name}", demo_nets["uri"]
+    )
+
+
+def test_a_registered_model_is_evaluated_on_its_run(demo_nets, tmp_path):
+    uri = demo_nets["uri"]
+    config = demo_nets["nets"][1]["config"]
+    model = checkpoints.load(demo_nets["nets"][1]["checkpoint"]).model
+    run_id = tracking.start_run("eval-registered", config.experiment, uri=uri)
+    tracking.log_params(run_id, flat_params(config), uri)
+    example = np.zeros((2, 3, 32, 32), dtype=np.float32)
+    tracking.log_model(run_id, model, "best_model", example, uri, registered_model_name="eval-demo")
+    tracking.end_run(run_id, uri=uri)
+
+    loaded, weights = load_model("eval-demo/1", tracking.tracking_uri(uri))
+    assert (loaded.label, loaded.run_id, loaded.train_scale) == ("eval-demo/v1", run_id, (36, 36))
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+
+    result = evaluate(
+        "models:/eval-demo/1",
+        data=demo_nets["data"],
+        protocols=("centre",),
+        scales=("single",),
+        limit=16,
+        output=str(tmp_path),
+        tracking_uri=uri,
+        **SMALL,
+    )
+    (row,) = result.rows
+    assert (row.model, row.train_scale, row.test_scales, row.images) == (
+        "eval-demo/v1",
+        "36",
+        "36",
+        16,
+    )
+    assert result.run_ids == [run_id]
+    assert "eval/centre/Q36/top1_error" in tracking.get_run(run_id, uri).data.metrics
+
+
+def test_cli_prints_the_table_and_fails_in_one_line(demo_nets, tmp_path, capsys):
+    checkpoint = demo_nets["nets"][0]["checkpoint"]
+    code = main(
+        [
+            "evaluate",
+            checkpoint,
+            "--protocols",
+            "centre,dense",
+            "--scales",
+            "single",
+            "--scales",
+            "40,48",
+            "--limit",
+            "8",
+            "--workers",
+            "1",
+            "--cpus-per-worker",
+            "0.5",
+            "--data-cpus-per-task",
+            "0.5",
+            "--output",
+            str(tmp_path / "cli"),
+            "--tracking-uri",
+            demo_nets["uri"],
+            "--no-progress",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| model | config | train S | test Q | protocol |" in out
+    assert "| eval-demo-0 | A | 36 | 40,48 | dense |" in out
+    assert (tmp_path / "cli" / "table.csv").exists()
+
+    assert main(["evaluate", str(tmp_path / "missing"), "--data", demo_nets["data"]]) == 2
+    assert main(["evaluate", checkpoint, "--protocols", "ten-crop"]) == 2
+    assert main(["evaluate", checkpoint, "--scales", "16", "--tracking-uri", demo_nets["uri"]]) == 2
+    assert main(["evaluate", "0" * 32, "--tracking-uri", demo_nets["uri"]]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 4 and all(line.startswith("vggpipe evaluate: error:") for line in errors)
+    assert "protocols must be" in errors[1] and "crop size (32)" in errors[2]
+    assert f"no MLflow run {'0' * 32}" in errors[3]
