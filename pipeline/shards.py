@@ -208,7 +208,8 @@ class ShardStore:
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        self.fs, self.root = resolve_filesystem(uri)
+        self.fs, root = resolve_filesystem(uri)
+        self.root = root.rstrip("/")
 
     def __repr__(self) -> str:
         return f"ShardStore({self.uri!r})"
