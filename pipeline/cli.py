@@ -309,6 +309,11 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--limit", type=int, help="evaluate only the split's first LIMIT images")
     parser.add_argument(
+        "--predictions",
+        action="store_true",
+        help="also write every image's top-5 classes per row to OUTPUT/predictions.parquet",
+    )
+    parser.add_argument(
         "--batch-size",
         type=int,
         default=defaults.batch_size,
@@ -348,6 +353,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         ensemble=args.ensemble,
         grid=args.grid,
         limit=args.limit,
+        predictions=args.predictions,
         batch_size=args.batch_size,
         workers=args.workers,
         use_gpu=args.gpu,

@@ -397,6 +397,7 @@ class EvaluateConfig:
     ensemble: bool = False  # also the nets' averaged posteriors (needs two or more)
     grid: int = 5  # multi-crop: grid x grid crops, each also flipped
     limit: int | None = None  # evaluate only the split's first `limit` images (quick checks)
+    predictions: bool = False  # also write each image's top-5 classes (predictions.parquet)
 
     # Hardware
     batch_size: int = 64  # most network inputs (crops or whole images) per forward pass

@@ -323,6 +323,7 @@ class ShareJob:
     use_gpu: bool
     data_cpus_per_task: float
     limit: int | None  # this worker's image limit
+    predictions: bool = False  # return each image's top-5 classes per row
 
 
 @dataclass
@@ -332,6 +333,9 @@ class ShareResult:
     dense_images: int = 0  # dense evaluation: images (per net and Q) ...
     dense_passes: int = 0  # ... in this many forward passes (bucketing's effect)
     seconds: float = 0.0
+    keys: list[str] = field(default_factory=list)  # with `predictions`: the images, sorted
+    labels: list[int] = field(default_factory=list)
+    top5: list[np.ndarray] = field(default_factory=list)  # per row: (images, 5) classes
 
 
 class _Posteriors:
@@ -474,6 +478,9 @@ def evaluate_share(
 
     keys = sorted(collected.labels)
     counts = []
+    result = ShareResult([], len(keys), dense_images, dense_passes)
+    if job.predictions:
+        result.keys, result.labels = keys, [collected.labels[k] for k in keys]
     if keys:
         labels = torch.tensor([collected.labels[k] for k in keys])
         matrices: dict[tuple[int, int, str], torch.Tensor] = {}
@@ -493,11 +500,16 @@ def evaluate_share(
                 )
                 for i, scales in zip(row.members, row.scales, strict=True)
             ]
-            errors = top_k_errors(average_posteriors(members), labels)
+            posteriors = average_posteriors(members)
+            errors = top_k_errors(posteriors, labels)
             counts.append((errors[1], errors[5], len(keys)))
+            if job.predictions:
+                top = posteriors.topk(min(5, posteriors.shape[1]), dim=1).indices
+                result.top5.append(top.numpy().astype(np.int32))
     else:
         counts = [(0, 0, 0) for _ in job.rows]
-    return ShareResult(counts, len(keys), dense_images, dense_passes, time.perf_counter() - start)
+    result.counts, result.seconds = counts, time.perf_counter() - start
+    return result
 
 
 class ProgressCounter:
@@ -815,6 +827,7 @@ def run_evaluation(
                 use_gpu=use_gpu,
                 data_cpus_per_task=config.data_cpus_per_task,
                 limit=limit,
+                predictions=config.predictions,
             ),
             rank,
             workers,
@@ -846,8 +859,35 @@ def run_evaluation(
         dense_passes=sum(share.dense_passes for share in shares),
     )
     result.files = write_tables(output, result, config)
+    if config.predictions:
+        result.files["predictions"] = write_predictions(
+            output / "predictions.parquet", table, shares
+        )
     _log(result, config, uri)
     return result
+
+
+def write_predictions(path: Path, rows: Sequence[TableRow], shares: Sequence[ShareResult]) -> Path:
+    """Every image's top-5 classes under every row of the table, one line per
+    (image, row): for error analysis, and for comparing nets image by image."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns: dict[str, list] = {
+        k: [] for k in ("key", "label", "row", "model", "test_scales", "protocol", "top5")
+    }
+    for share in shares:
+        for index, row in enumerate(rows):
+            columns["key"] += share.keys
+            columns["label"] += share.labels
+            columns["row"] += [index] * len(share.keys)
+            columns["model"] += [row.model] * len(share.keys)
+            columns["test_scales"] += [row.test_scales] * len(share.keys)
+            columns["protocol"] += [row.protocol] * len(share.keys)
+            columns["top5"] += share.top5[index].tolist()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+    return path
 
 
 def _unique_labels(models: list[EvaluatedModel]) -> None:

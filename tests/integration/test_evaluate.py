@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torchvision
@@ -19,7 +20,7 @@ from pipeline.evaluate import evaluate, load_model
 from pipeline.ingest import pixel_statistics, read_rows, record_batch_pieces
 from pipeline.shards import ShardStore
 from vgg import to_fully_convolutional
-from vgg.evaluation import crop_posteriors, dense_posteriors, top_k_errors
+from vgg.evaluation import crop_posteriors, dense_posteriors
 from vgg.transforms import decode_rescaled, multi_crop, to_model_input
 
 PROTOCOLS = ("centre", "dense", "multi-crop", "dense+multi-crop")
@@ -123,34 +124,35 @@ def test_every_protocol_and_an_ensemble_give_a_full_table_files_and_mlflow(demo_
     )
 
 
-def _worker_shares(data: str, workers: int, limit: int) -> list[tuple[bytes, int]]:
-    """The (JPEG, label) rows `limit` selects: each worker's first rows of its
-    share, the record batches dealt out in turn (`ingest.evaluation_dataset`)."""
+def _worker_shares(data: str, workers: int, limit: int) -> list[tuple[str, bytes, int]]:
+    """The (key, JPEG, label) rows `limit` selects: each worker's first rows of
+    its share, the record batches dealt out in turn (`ingest.evaluation_dataset`)."""
     store = ShardStore(data)
     pieces = record_batch_pieces(store.shards("val"))
     rows = []
     for rank in range(workers):
         wanted = limit // workers + (rank < limit % workers)
         for piece in pieces[rank::workers]:
-            table = read_rows(store, piece, ["image", "label"]).to_pydict()
-            taken = list(zip(table["image"], table["label"], strict=True))[:wanted]
+            table = read_rows(store, piece, ["key", "image", "label"]).to_pydict()
+            taken = list(zip(table["key"], table["image"], table["label"], strict=True))[:wanted]
             rows += taken
             wanted -= len(taken)
     return rows
 
 
-def _in_process_errors(checkpoint: str, data: str, rows, scale: int) -> dict[str, tuple[int, int]]:
-    """The protocols image by image with the scoring functions: no Ray, no buckets."""
+def _in_process_top5(checkpoint: str, data: str, rows, scale: int) -> dict[str, dict[str, list]]:
+    """protocol -> key -> top-5 classes, image by image with the scoring
+    functions: no Ray, no buckets, no shared batches."""
     loaded = checkpoints.load(checkpoint)
     model, crop = loaded.model.eval(), loaded.config.crop_size
     dense = to_fully_convolutional(model)
     mean = pixel_statistics(data).mean_rgb
-    posteriors: dict[str, list[torch.Tensor]] = {p: [] for p in PROTOCOLS}
+    top5: dict[str, dict[str, list]] = {p: {} for p in PROTOCOLS}
 
     def as_input(pixels: np.ndarray) -> torch.Tensor:
         return to_model_input(torch.from_numpy(np.array(pixels)), mean)
 
-    for jpeg, _ in rows:
+    for key, jpeg, _ in rows:
         image = decode_rescaled(jpeg, scale)
         top, left = (image.shape[0] - crop) // 2, (image.shape[1] - crop) // 2
         with torch.no_grad():
@@ -159,16 +161,11 @@ def _in_process_errors(checkpoint: str, data: str, rows, scale: int) -> dict[str
             )
             whole = dense_posteriors(dense, as_input(image[None]))
             grid = crop_posteriors(model, as_input(multi_crop(image, crop))[None])
-        posteriors["centre"].append(centre)
-        posteriors["dense"].append(whole)
-        posteriors["multi-crop"].append(grid)
-        posteriors["dense+multi-crop"].append((whole + grid) / 2)
-    labels = torch.tensor([label for _, label in rows])
-    errors = {}
-    for protocol, found in posteriors.items():
-        counts = top_k_errors(torch.cat(found), labels)
-        errors[protocol] = (counts[1], counts[5])
-    return errors
+        for protocol, posteriors in zip(
+            PROTOCOLS, (centre, whole, grid, (whole + grid) / 2), strict=True
+        ):
+            top5[protocol][key] = posteriors[0].topk(5).indices.tolist()
+    return top5
 
 
 def test_workers_share_the_images_and_agree_with_a_plain_loop(demo_nets, tmp_path):
@@ -180,24 +177,34 @@ def test_workers_share_the_images_and_agree_with_a_plain_loop(demo_nets, tmp_pat
         data=data,
         scales=("single",),
         limit=images,
+        predictions=True,
         output=str(tmp_path),
         tracking_uri=demo_nets["uri"],
         **SMALL,
     )
     assert result.images == images and result.workers == 2
+    selected = _worker_shares(data, 2, images)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the session's Ray workers share these two cores
     try:
-        expected = _in_process_errors(
-            net["checkpoint"], data, _worker_shares(data, 2, images), scale=36
-        )
+        expected = _in_process_top5(net["checkpoint"], data, selected, scale=36)
     finally:
         torch.set_num_threads(threads)
+
+    predictions = pq.read_table(result.files["predictions"]).to_pylist()
+    assert len(predictions) == images * len(result.rows)
+    labels = {key: label for key, _, label in selected}
     for row in result.rows:
-        top1, top5 = expected[row.protocol]
-        # Batches of other sizes may round a near-tie the other way: one image at most.
-        assert abs(row.top1_error * images / 100 - top1) <= 1, row
-        assert abs(row.top5_error * images / 100 - top5) <= 1, row
+        found = {p["key"]: p for p in predictions if p["protocol"] == row.protocol}
+        # Each selected image once, under its own label.
+        assert sorted(found) == sorted(labels)
+        assert all(p["label"] == labels[key] for key, p in found.items())
+        # The same classes image by image; batches of other sizes may round a
+        # near-tie the other way, so one image may differ.
+        differing = [k for k, p in found.items() if p["top5"] != expected[row.protocol][k]]
+        assert len(differing) <= 1, (row.protocol, differing)
+        top1_errors = sum(p["top5"][0] != p["label"] for p in found.values())
+        assert row.top1_error == pytest.approx(100 * top1_errors / images)
 
 
 def test_a_torchvision_state_dict_is_evaluated_through_interop(demo_nets, tmp_path):
