@@ -466,3 +466,332 @@ class EvaluateConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# Sweeps (pipeline.tune): a search space over training configs, Ray Tune, ASHA
+
+# TrainConfig fields a sweep sets itself (lr and S come from the search space;
+# run names, nesting and storage are per trial) or that must be one value for
+# every trial (epochs is ASHA's budget; the data and the MLflow store are shared).
+SWEEP_OWNED_FIELDS = (
+    "lr",
+    "scale_min",
+    "scale_max",
+    "epochs",
+    "run_name",
+    "parent_run_id",
+    "storage_path",
+    "tracking_uri",
+    "experiment",
+    "data",
+)
+
+
+def parse_train_scale(text: str) -> tuple[int, int]:
+    """A training scale as (Smin, Smax): "256" is fixed S, "256:512" (or
+    "256-512") is S jittered in [256, 512]."""
+    text = str(text).strip()
+    low, sep, high = text.replace("-", ":").partition(":")
+    try:
+        scale = (int(low), int(high if sep else low))
+    except ValueError:
+        raise ConfigError(
+            f"scales takes S or Smin:Smax in pixels, like 256 or 256:512; got {text!r}"
+        ) from None
+    return scale
+
+
+def train_scale_label(scale: tuple[int, int]) -> str:
+    """A training scale as the paper writes it: 256 for fixed S, [256;512] when jittered."""
+    low, high = scale
+    return str(low) if low == high else f"[{low};{high}]"
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """A Ray Tune sweep of training runs: a grid (or log-uniform samples) of
+    learning rates, a grid of training scales S, and grids of any other
+    TrainConfig field; ASHA stops poor trials early on validation top-1 error."""
+
+    recipe: str = "custom"  # the named sweep recipe this config came from
+    name: str = "sweep"  # Tune experiment folder and MLflow parent run; running it again resumes
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)  # every trial starts here
+
+    # The search space; trials are the product of the grids, times num_samples
+    lrs: tuple[float, ...] = ()  # learning rates, a grid; empty: draw from lr_range
+    lr_range: tuple[float, float] | None = None  # (low, high): log-uniform draws
+    scales: tuple[tuple[int, int], ...] = ()  # (Smin, Smax) each, (S, S) when fixed; empty: train's
+    grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # (TrainConfig field, its values) pairs
+    num_samples: int = 1  # Tune's num_samples: each grid point is run (or drawn) this many times
+    seed: int = 0  # of the learning-rate draws
+
+    # ASHA, on validation top-1 error, with the epoch as its clock
+    grace_period: int = 1  # epochs every trial runs before it may be stopped
+    reduction_factor: float = 2.0  # each rung keeps the best 1 / reduction_factor of trials
+
+    # Resources
+    max_concurrent_trials: int | None = None  # None: as many as the cluster's resources fit
+    trial_driver_cpus: float = 0.1  # the Tune trial only drives its Train run; it mostly waits
+
+    # The model registry
+    registered_model: str | None = None  # registered model name; None: the sweep name
+    alias: str = "champion"  # the registry alias set on the best trial's model version
+
+    def __post_init__(self) -> None:
+        # JSON and Python callers give lists; the frozen config keeps tuples.
+        object.__setattr__(self, "lrs", tuple(float(lr) for lr in self.lrs))
+        if self.lr_range is not None:
+            object.__setattr__(self, "lr_range", tuple(float(lr) for lr in self.lr_range))
+        object.__setattr__(
+            self,
+            "scales",
+            tuple(
+                parse_train_scale(s) if isinstance(s, str | int) else (int(s[0]), int(s[1]))
+                for s in self.scales
+            ),
+        )
+        object.__setattr__(
+            self, "grid", tuple((str(field), tuple(values)) for field, values in self.grid)
+        )
+        if isinstance(self.train, dict):
+            object.__setattr__(self, "train", TrainConfig.from_dict(self.train))
+
+        _require(
+            bool(self.name) and "/" not in self.name and self.name not in (".", ".."),
+            "name",
+            "a non-empty folder name (no '/')",
+            self.name,
+        )
+        _require(
+            bool(self.lrs) != (self.lr_range is not None),
+            "lrs",
+            "a grid of learning rates, or empty with lr_range set (one of the two)",
+            self.lrs,
+        )
+        _require(all(lr > 0 for lr in self.lrs), "lrs", "learning rates > 0", self.lrs)
+        if self.lr_range is not None:
+            _require(
+                len(self.lr_range) == 2 and 0 < self.lr_range[0] < self.lr_range[1],
+                "lr_range",
+                "(low, high) with 0 < low < high",
+                self.lr_range,
+            )
+        for low, high in self.scales:
+            _require(
+                self.train.crop_size <= low <= high,
+                "scales",
+                f"S or Smin:Smax with crop_size ({self.train.crop_size}) <= Smin <= Smax",
+                self.scales,
+            )
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        for field_name, values in self.grid:
+            _require(
+                field_name in fields and field_name not in SWEEP_OWNED_FIELDS,
+                "grid",
+                "TrainConfig fields other than " + ", ".join(SWEEP_OWNED_FIELDS),
+                field_name,
+            )
+            _require(len(values) >= 1, "grid", f"one or more values for {field_name}", values)
+            for value in values:  # every grid point must make a valid TrainConfig
+                dataclasses.replace(self.train, **{field_name: value})
+        _require(
+            len({field_name for field_name, _ in self.grid}) == len(self.grid),
+            "grid",
+            "each field once",
+            self.grid,
+        )
+        _require(self.num_samples >= 1, "num_samples", ">= 1", self.num_samples)
+        _require(
+            self.train.epochs >= 2,
+            "train.epochs",
+            ">= 2 (ASHA stops trials at rungs before the last epoch)",
+            self.train.epochs,
+        )
+        _require(
+            1 <= self.grace_period < self.train.epochs,
+            "grace_period",
+            f"in [1, train.epochs) = [1, {self.train.epochs})",
+            self.grace_period,
+        )
+        _require(self.reduction_factor > 1, "reduction_factor", "> 1", self.reduction_factor)
+        if self.max_concurrent_trials is not None:
+            _require(
+                self.max_concurrent_trials >= 1,
+                "max_concurrent_trials",
+                ">= 1 or None",
+                self.max_concurrent_trials,
+            )
+        _require(self.trial_driver_cpus > 0, "trial_driver_cpus", "> 0", self.trial_driver_cpus)
+        _require(
+            self.registered_model is None or bool(self.registered_model.strip()),
+            "registered_model",
+            "a non-empty name or None",
+            self.registered_model,
+        )
+        _require(
+            bool(self.alias) and not self.alias.isdigit(),
+            "alias",
+            "a non-empty name that is not a version number",
+            self.alias,
+        )
+
+    @property
+    def model_name(self) -> str:
+        return self.registered_model or self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TuneConfig:
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
+
+    def flat_params(self) -> dict[str, str]:
+        """The sweep's settings, and the base training config as train.FIELD, as
+        flat MLflow params."""
+        params = {
+            key: "" if value is None else str(value)
+            for key, value in dataclasses.asdict(self).items()
+            if key not in ("train", "grid")
+        }
+        params["grid"] = "; ".join(
+            f"{field_name}={','.join(map(str, values))}" for field_name, values in self.grid
+        )
+        params.update({f"train.{key}": value for key, value in flat_params(self.train).items()})
+        return params
+
+
+def _split_values(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def apply_tune_overrides(config: TuneConfig, assignments: list[str]) -> TuneConfig:
+    """`config` with `key=value` assignments applied: sweep fields by name
+    (lists comma-separated: lrs=0.01,0.001  scales=256,256:512  lr_range=1e-3:1e-1),
+    `grid.FIELD=v1,v2` for a grid over a training field, and training fields by
+    name (or as train.FIELD) for the base config every trial starts from."""
+    hints = typing.get_type_hints(TuneConfig)
+    sweep_fields = {f.name for f in dataclasses.fields(TuneConfig)} - {"train", "grid"}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    changes: dict[str, Any] = {}
+    grid = dict(config.grid)
+    train_assignments: list[str] = []
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        key, value = key.strip().replace("-", "_"), value.strip()
+        if not sep:
+            raise ConfigError(f"--set takes key=value; got {assignment!r}")
+        if key.startswith("grid."):
+            field_name = key.removeprefix("grid.")
+            if field_name not in train_fields:
+                raise ConfigError(f"grid.{field_name}: {field_name!r} is not a training field")
+            train_hints = typing.get_type_hints(TrainConfig)
+            grid[field_name] = tuple(
+                _parse_value(v, train_hints[field_name], field_name) for v in _split_values(value)
+            )
+        elif key == "lrs":
+            try:
+                changes["lrs"] = tuple(float(v) for v in _split_values(value))
+            except ValueError:
+                raise ConfigError(f"lrs takes comma-separated numbers; got {value!r}") from None
+        elif key == "lr_range":
+            if value.lower() in ("", "none"):
+                changes["lr_range"] = None
+                continue
+            low, colon, high = value.partition(":")
+            try:
+                changes["lr_range"] = (float(low), float(high if colon else ""))
+            except ValueError:
+                raise ConfigError(
+                    f"lr_range takes low:high like 1e-3:1e-1; got {value!r}"
+                ) from None
+        elif key == "scales":
+            changes["scales"] = tuple(parse_train_scale(v) for v in _split_values(value))
+        elif key in sweep_fields:
+            changes[key] = _parse_value(value, hints[key], key)
+        elif key.removeprefix("train.") in train_fields:
+            train_assignments.append(f"{key.removeprefix('train.')}={value}")
+        else:
+            raise ConfigError(
+                f"unknown field {key!r}; sweep fields are {', '.join(sorted(sweep_fields))}, "
+                "grid.FIELD, and any training field (train.FIELD)"
+            )
+    train = apply_overrides(config.train, train_assignments)
+    return dataclasses.replace(config, train=train, grid=tuple(grid.items()), **changes)
+
+
+def _tune_smoke(**overrides: Any) -> TuneConfig:
+    """Four small trials (a learning rate that learns and one 200 times too
+    small, each at a fixed and a jittered S) of three short epochs, with ASHA
+    rungs after epochs 1 and 2: the smallest sweep where ASHA has something to
+    stop. The inputs are 0-255 minus the mean (the paper's), so this net learns
+    at lr around 2e-3 and not at all at the demo's 2e-2."""
+    train = dataclasses.replace(
+        _smoke(),
+        width=0.125,
+        dropout=0.0,  # dropout slows this narrow net down for no gain in three epochs
+        lr_patience=3,  # no lr drops inside these three epochs
+        epochs=3,
+        max_steps_per_epoch=None,  # one epoch of the demo digits is 44 steps
+        cpus_per_worker=0.5,
+        data_cpus_per_task=0.25,
+    )
+    return TuneConfig(
+        recipe="tune-smoke",
+        name="tune-smoke",
+        train=train,
+        lrs=(2e-3, 1e-5),
+        scales=((36, 36), (36, 44)),
+        grace_period=1,
+        reduction_factor=2,
+        **overrides,
+    )
+
+
+def _tune_demo(**overrides: Any) -> TuneConfig:
+    """The demo net: four learning rates drawn log-uniformly per scale (fixed
+    S = 36 and S jittered in [36; 48]), twelve epochs, ASHA from epoch 2."""
+    return TuneConfig(
+        recipe="tune-demo",
+        name="tune-demo",
+        train=_demo(),
+        lr_range=(1e-4, 3e-2),
+        num_samples=4,
+        scales=((36, 36), (36, 48)),
+        grace_period=2,
+        reduction_factor=3,
+        **overrides,
+    )
+
+
+def _tune_paper(**overrides: Any) -> TuneConfig:
+    """The paper's net A (section 3.1): lr around its 1e-2 at S = 256, 384 and
+    [256; 512], ASHA from epoch 4; on GPUs (set train.num_workers for the cluster)."""
+    return TuneConfig(
+        recipe="tune-paper-a",
+        name="tune-paper-a",
+        train=_paper("a", "256"),
+        lrs=(3e-2, 1e-2, 3e-3),
+        scales=((256, 256), (384, 384), (256, 512)),
+        grace_period=4,
+        reduction_factor=3,
+        **overrides,
+    )
+
+
+TUNE_RECIPES: dict[str, Callable[..., TuneConfig]] = {
+    "tune-smoke": _tune_smoke,
+    "tune-demo": _tune_demo,
+    "tune-paper-a": _tune_paper,
+}
+
+
+def tune_recipe(name: str, overrides: list[str] | None = None) -> TuneConfig:
+    """The named sweep recipe's config with `key=value` overrides applied."""
+    if name not in TUNE_RECIPES:
+        raise ConfigError(f"unknown sweep recipe {name!r}; recipes are {', '.join(TUNE_RECIPES)}")
+    return apply_tune_overrides(TUNE_RECIPES[name](), overrides or [])
