@@ -233,3 +233,67 @@ def get_run_or_none(run_id: str, uri: str | None = None):
         return client(uri).get_run(run_id)
     except MlflowException:
         return None
+
+
+# ---------------------------------------------------------------------------
+# Sweeps: nested runs and the model registry
+
+
+def child_runs(parent_run_id: str, uri: str | None = None) -> list:
+    """The runs nested under `parent_run_id` (MLflow's parent tag), oldest first."""
+    mlflow_client = client(uri)
+    experiment = mlflow_client.get_run(parent_run_id).info.experiment_id
+    runs, page_token = [], None
+    while True:
+        page = mlflow_client.search_runs(
+            [experiment],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+            order_by=["attributes.start_time ASC"],
+            page_token=page_token,
+        )
+        runs.extend(page)
+        page_token = page.token
+        if not page_token:
+            return runs
+
+
+def model_version_by_alias(name: str, alias: str, uri: str | None = None):
+    """The version of registered model `name` that `alias` points at, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(uri).get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def register_model(
+    run_id: str,
+    artifact_path: str,
+    name: str,
+    *,
+    alias: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    uri: str | None = None,
+):
+    """A new version of registered model `name` (created if missing) from the
+    model `run_id` logged as `artifact_path`; `alias` is moved to it."""
+    mlflow_client = client(uri)
+    # MLflow 3 keeps logged models apart from run artifacts: register the
+    # logged model itself (models:/<id>) rather than a runs:/ path.
+    logged = mlflow_client.search_logged_models(
+        [mlflow_client.get_run(run_id).info.experiment_id],
+        filter_string=f"name = '{artifact_path}' AND source_run_id = '{run_id}'",
+        order_by=[{"field_name": "creation_time", "ascending": False}],
+        max_results=1,
+    )
+    if not logged:
+        raise ValueError(f"run {run_id} logged no model named {artifact_path!r}")
+    version = mlflow.register_model(
+        f"models:/{logged[0].model_id}",
+        name,
+        tags={key: str(value) for key, value in (tags or {}).items()},
+    )
+    if alias:
+        mlflow_client.set_registered_model_alias(name, alias, version.version)
+    return version
