@@ -370,6 +370,54 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+@subcommand
+def _register_tune(subparsers: argparse._SubParsersAction) -> None:
+    from pipeline.config import TUNE_RECIPES
+
+    parser = subparsers.add_parser(
+        "tune",
+        help="sweep learning rates and training scales with Ray Tune and ASHA, in MLflow",
+        description="Sweep training runs with Ray Tune: a grid (or log-uniform draws) of "
+        "learning rates, a grid of training scales S, and grids over any training field. "
+        "Each trial trains with Ray Train; ASHA stops poor trials early on validation top-1 "
+        "error. MLflow gets a parent run for the sweep with each trial's training run nested "
+        "under it, the trials table and a plot of error against learning rate; the best "
+        "trial's model is registered with an alias (champion). Running the same sweep name "
+        "again resumes it without re-running finished trials.",
+        epilog="recipes: "
+        + ", ".join(TUNE_RECIPES)
+        + ". --set takes sweep fields (name, lrs=0.01,0.001, lr_range=1e-4:1e-1, "
+        "num_samples, scales=256,384,256:512, grace_period, reduction_factor, "
+        "max_concurrent_trials, registered_model, alias), grid.FIELD=V1,V2 for a grid over "
+        "a training field, and training fields (train.FIELD or FIELD) for the base config.",
+    )
+    parser.add_argument("--recipe", required=True, help="named sweep recipe (listed below)")
+    parser.add_argument("--data", help="prepared dataset (the preprocess output); sets data=")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a sweep or training field, e.g. --set lrs=0.01,0.003 --set "
+        "scales=256,256:512 --set grid.width=0.5,1 --set epochs=8 (repeatable)",
+    )
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    parser.set_defaults(func=_run_tune)
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from pipeline.config import tune_recipe
+    from pipeline.tune import summary_lines, tune
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data={args.data}")
+    config = tune_recipe(args.recipe, overrides)  # validated here, before any Ray work
+    print("\n".join(summary_lines(tune(config, address=args.address))))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vggpipe",
