@@ -371,6 +371,123 @@ def _as_input(images: np.ndarray, model: EvaluatedModel, device: torch.device) -
     return x.view(*lead, *x.shape[1:])
 
 
+class _ShareEvaluator:
+    """The nets of one worker on its device, and the posteriors they produce."""
+
+    def __init__(self, job: ShareJob, state_dicts: Sequence[dict[str, torch.Tensor]]) -> None:
+        self.job = job
+        self.device = torch.device("cuda" if job.use_gpu and torch.cuda.is_available() else "cpu")
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if job.bf16 else nullcontext()
+        )
+        self.nets = [
+            build_from_state_dict(weights, model.architecture).to(self.device)
+            for weights, model in zip(state_dicts, job.models, strict=True)
+        ]
+        self.needs = needed_views(job.rows)
+        self.dense_nets = {
+            i: to_fully_convolutional(self.nets[i])
+            for views in self.needs.values()
+            for i, wanted in views.items()
+            if "dense" in wanted
+        }
+        self.collected = _Posteriors()
+        self.dense_images = self.dense_passes = 0
+
+    def centre(self, i: int, scale: int, keys: list[str], images: list[np.ndarray]) -> None:
+        model = self.job.models[i]
+        crop = model.architecture.crop_size
+        crops = _as_input(np.stack([_centre_crop(im, crop) for im in images]), model, self.device)
+        with self.autocast:
+            posteriors = crop_posteriors(
+                self.nets[i], crops[:, None], batch_size=self.job.batch_size
+            )
+        self.collected.add(i, scale, "centre", keys, posteriors)
+
+    def multi_crop(self, i: int, scale: int, keys: list[str], images: list[np.ndarray]) -> None:
+        model, grid = self.job.models[i], self.job.grid
+        # As many images at once as fill a forward pass with their 2 * grid^2 crops.
+        step = max(1, self.job.batch_size // (2 * grid * grid))
+        for first in range(0, len(images), step):
+            chunk = images[first : first + step]
+            crops = np.stack([multi_crop(im, model.architecture.crop_size, grid) for im in chunk])
+            with self.autocast:
+                posteriors = crop_posteriors(
+                    self.nets[i],
+                    _as_input(crops, model, self.device),
+                    batch_size=self.job.batch_size,
+                )
+            self.collected.add(i, scale, "multi-crop", keys[first : first + step], posteriors)
+
+    def dense(self, models: list[int], scale: int, bucket) -> None:
+        for i in models:
+            x = _as_input(bucket.stacked(), self.job.models[i], self.device)
+            with self.autocast:
+                posteriors = dense_posteriors(self.dense_nets[i], x)
+            self.collected.add(i, scale, "dense", bucket.keys, posteriors)
+            self.dense_images += len(bucket.keys)
+            self.dense_passes += 1
+
+    def one_scale(self, scale: int, dataset, progress) -> None:
+        """Every image of `dataset` (whole, rescaled to `scale`) through every
+        net and view that the rows need at this scale."""
+        views_by_model = self.needs[scale]
+        dense_models = [i for i, views in views_by_model.items() if "dense" in views]
+        # A whole image goes in with its flipped copy: half a batch of images.
+        buckets = SizeBuckets(max(1, self.job.batch_size // 2))
+        for batch in dataset.iter_batches(batch_size=ROWS_PER_READ, batch_format="numpy"):
+            keys = [str(key) for key in batch["key"]]
+            self.collected.labels.update(zip(keys, (int(x) for x in batch["label"]), strict=True))
+            images = list(batch["image"])
+            for i, views in views_by_model.items():
+                if "centre" in views:
+                    self.centre(i, scale, keys, images)
+                if "multi-crop" in views:
+                    self.multi_crop(i, scale, keys, images)
+            if dense_models:
+                for key, image in zip(keys, images, strict=True):
+                    for bucket in buckets.add(key, image):
+                        self.dense(dense_models, scale, bucket)
+            if progress is not None:
+                progress.add.remote(len(keys))
+        for bucket in buckets.drain():
+            self.dense(dense_models, scale, bucket)
+
+    def result(self, seconds: float) -> ShareResult:
+        """Each row's error counts on this worker's images: its views averaged,
+        then its scales, then its nets."""
+        keys = sorted(self.collected.labels)
+        result = ShareResult([], len(keys), self.dense_images, self.dense_passes, seconds)
+        if not keys:
+            result.counts = [(0, 0, 0) for _ in self.job.rows]
+            return result
+        labels = torch.tensor([self.collected.labels[k] for k in keys])
+        if self.job.predictions:
+            result.keys, result.labels = keys, labels.tolist()
+        matrices: dict[tuple[int, int, str], torch.Tensor] = {}
+
+        def matrix(i: int, q: int, view: str) -> torch.Tensor:
+            if (i, q, view) not in matrices:
+                matrices[(i, q, view)] = self.collected.matrix(i, q, view, keys)
+            return matrices[(i, q, view)]
+
+        for row in self.job.rows:
+            views = PROTOCOL_VIEWS[row.protocol]
+            members = [
+                average_posteriors(
+                    [average_posteriors([matrix(i, q, v) for v in views]) for q in scales]
+                )
+                for i, scales in zip(row.members, row.scales, strict=True)
+            ]
+            posteriors = average_posteriors(members)
+            errors = top_k_errors(posteriors, labels)
+            result.counts.append((errors[1], errors[5], len(keys)))
+            if self.job.predictions:
+                top = posteriors.topk(min(5, posteriors.shape[1]), dim=1).indices
+                result.top5.append(top.numpy().astype(np.int32))
+        return result
+
+
 def evaluate_share(
     job: ShareJob,
     rank: int,
@@ -388,40 +505,16 @@ def evaluate_share(
     start = time.perf_counter()
     # Refs inside a list are not resolved by Ray; plain dicts pass through.
     state_dicts = [ray.get(w) if isinstance(w, ray.ObjectRef) else w for w in state_dicts]
-    device = torch.device("cuda" if job.use_gpu and torch.cuda.is_available() else "cpu")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if job.bf16 else nullcontext()
-    nets = [
-        build_from_state_dict(weights, model.architecture).to(device)
-        for weights, model in zip(state_dicts, job.models, strict=True)
-    ]
-    needs = needed_views(job.rows)
-    dense_nets = {
-        i: to_fully_convolutional(nets[i])
-        for views in needs.values()
-        for i, wanted in views.items()
-        if "dense" in wanted
-    }
+    evaluator = _ShareEvaluator(job, state_dicts)
     # The same rows in the same order on every pass over the shards, so that
     # `limit` takes the same images at every Q.
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    collected = _Posteriors()
-    dense_images = dense_passes = 0
-
-    def run_dense(scale: int, models: list[int], bucket) -> None:
-        nonlocal dense_images, dense_passes
-        for i in models:
-            x = _as_input(bucket.stacked(), job.models[i], device)
-            with autocast:
-                collected.add(i, scale, "dense", bucket.keys, dense_posteriors(dense_nets[i], x))
-            dense_images += len(bucket.keys)
-            dense_passes += 1
-
     with torch.inference_mode():
-        for scale, views_by_model in sorted(needs.items()):
+        for scale in sorted(evaluator.needs):
             dataset = ingest.evaluation_dataset(
                 job.data,
                 scale=scale,
-                view="dense",
+                view="dense",  # whole images: the centre and grid crops are cut here
                 split=job.split,
                 crop_size=min(m.architecture.crop_size for m in job.models),
                 grid=job.grid,
@@ -431,85 +524,8 @@ def evaluate_share(
             )
             if job.limit is not None:
                 dataset = dataset.limit(job.limit)
-            dense_models = [i for i, views in views_by_model.items() if "dense" in views]
-            # A whole image goes in with its flipped copy: half a batch of images.
-            buckets = SizeBuckets(max(1, job.batch_size // 2))
-            for batch in dataset.iter_batches(batch_size=ROWS_PER_READ, batch_format="numpy"):
-                keys = [str(key) for key in batch["key"]]
-                collected.labels.update(zip(keys, (int(x) for x in batch["label"]), strict=True))
-                images = list(batch["image"])
-                for i, views in views_by_model.items():
-                    model, net = job.models[i], nets[i]
-                    crop = model.architecture.crop_size
-                    if "centre" in views:
-                        crops = _as_input(
-                            np.stack([_centre_crop(im, crop) for im in images]), model, device
-                        )
-                        with autocast:
-                            posteriors = crop_posteriors(
-                                net, crops[:, None], batch_size=job.batch_size
-                            )
-                        collected.add(i, scale, "centre", keys, posteriors)
-                    if "multi-crop" in views:
-                        per_image = 2 * job.grid * job.grid
-                        step = max(1, job.batch_size // per_image)
-                        for first in range(0, len(images), step):
-                            grid = np.stack(
-                                [
-                                    multi_crop(im, crop, job.grid)
-                                    for im in images[first : first + step]
-                                ]
-                            )
-                            with autocast:
-                                posteriors = crop_posteriors(
-                                    net, _as_input(grid, model, device), batch_size=job.batch_size
-                                )
-                            collected.add(
-                                i, scale, "multi-crop", keys[first : first + step], posteriors
-                            )
-                if dense_models:
-                    for key, image in zip(keys, images, strict=True):
-                        for bucket in buckets.add(key, image):
-                            run_dense(scale, dense_models, bucket)
-                if progress is not None:
-                    progress.add.remote(len(keys))
-            for bucket in buckets.drain():
-                run_dense(scale, dense_models, bucket)
-
-    keys = sorted(collected.labels)
-    counts = []
-    result = ShareResult([], len(keys), dense_images, dense_passes)
-    if job.predictions:
-        result.keys, result.labels = keys, [collected.labels[k] for k in keys]
-    if keys:
-        labels = torch.tensor([collected.labels[k] for k in keys])
-        matrices: dict[tuple[int, int, str], torch.Tensor] = {}
-
-        def matrix(i: int, q: int, view: str) -> torch.Tensor:
-            if (i, q, view) not in matrices:
-                matrices[(i, q, view)] = collected.matrix(i, q, view, keys)
-            return matrices[(i, q, view)]
-
-        for row in job.rows:
-            members = [
-                average_posteriors(
-                    [
-                        average_posteriors([matrix(i, q, v) for v in PROTOCOL_VIEWS[row.protocol]])
-                        for q in scales
-                    ]
-                )
-                for i, scales in zip(row.members, row.scales, strict=True)
-            ]
-            posteriors = average_posteriors(members)
-            errors = top_k_errors(posteriors, labels)
-            counts.append((errors[1], errors[5], len(keys)))
-            if job.predictions:
-                top = posteriors.topk(min(5, posteriors.shape[1]), dim=1).indices
-                result.top5.append(top.numpy().astype(np.int32))
-    else:
-        counts = [(0, 0, 0) for _ in job.rows]
-    result.counts, result.seconds = counts, time.perf_counter() - start
-    return result
+            evaluator.one_scale(scale, dataset, progress)
+    return evaluator.result(time.perf_counter() - start)
 
 
 class ProgressCounter:
