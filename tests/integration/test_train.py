@@ -1,0 +1,187 @@
+"""The training stage on demo data: MLflow record, net-A copy, failure recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import mlflow.pytorch
+import psutil
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline import checkpoints, tracking
+from pipeline.config import flat_params, recipe
+from pipeline.train import train
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("train")
+    return {"storage": str(root / "runs"), "uri": f"sqlite:///{root / 'mlflow.db'}"}
+
+
+def _config(demo_shards, store, name, *overrides):
+    return recipe(
+        "smoke",
+        [
+            f"data={demo_shards}",
+            f"storage_path={store['storage']}",
+            f"tracking_uri={store['uri']}",
+            f"run_name={name}",
+            "data_cpus_per_task=0.25",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(demo_shards, store, ray_local):
+    config = _config(demo_shards, store, "smoke-a")
+    return config, train(config)
+
+
+def test_smoke_run_is_recorded_in_mlflow(smoke_run, store):
+    config, result = smoke_run
+    client = MlflowClient(store["uri"])
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == flat_params(config)
+    for metric in (
+        "train_loss",
+        "val_top1_error",
+        "val_top5_error",
+        "lr",
+        "images_per_second",
+        "data_wait_fraction",
+    ):
+        history = client.get_metric_history(result.run_id, metric)
+        assert sorted(m.step for m in history) == [0, 1], metric
+    assert run.data.tags[tracking.RECIPE_TAG] == "smoke"
+    assert len(run.data.tags[tracking.DATASET_TAG]) == 64
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert "config.json" in artifacts
+    logged_config = mlflow.artifacts.load_text(f"runs:/{result.run_id}/config.json")
+    assert json.loads(logged_config) == config.to_dict()
+
+    mlflow.set_tracking_uri(store["uri"])
+    # MLflow 3 keeps models as logged-model entities linked to the run.
+    images = torch.randn(5, 3, config.crop_size, config.crop_size)
+    for name, path in (
+        ("best_model", result.best_checkpoint),
+        ("final_model", result.final_checkpoint),
+    ):
+        logged = mlflow.pytorch.load_model(f"runs:/{result.run_id}/{name}")
+        expected = checkpoints.load(path).model.eval()
+        with torch.no_grad():
+            assert torch.allclose(logged(images), expected(images), atol=1e-5)
+    assert checkpoints.resolve(result.run_id, store["uri"]) == result.best_checkpoint
+
+
+def test_checkpoint_loads_without_pickles(smoke_run):
+    _, result = smoke_run
+    state = checkpoints.load_training_state(result.final_checkpoint)  # weights_only=True
+    assert state["epoch"] == 1 and "optimizer" in state and state["schedule"]["lr"] > 0
+
+
+def test_d_from_a_records_the_copied_layers_and_they_equal_net_a(smoke_run, demo_shards, store):
+    _, net_a_run = smoke_run
+    # A learning rate of ~0 keeps D where its initialisation put it.
+    config = _config(
+        demo_shards,
+        store,
+        "smoke-d-from-a",
+        "config=D",
+        f"init_from={net_a_run.run_id}",
+        "lr=1e-12",
+        "epochs=1",
+        "max_steps_per_epoch=1",
+    )
+    result = train(config)
+    client = MlflowClient(store["uri"])
+    record = json.loads(
+        Path(
+            client.download_artifacts(
+                result.run_id, "init/copied_layers.json", str(Path(store["storage"]).parent / "d")
+            )
+        ).read_text()
+    )
+    assert record["init_from"] == net_a_run.run_id
+    assert client.get_run(result.run_id).data.tags[tracking.INIT_FROM_TAG] == net_a_run.run_id
+    net_a = checkpoints.load(net_a_run.best_checkpoint).model.state_dict()
+    net_d = checkpoints.load(result.final_checkpoint).model.state_dict()
+    copied = set(record["copied_parameters"])
+    assert len(copied) == 14
+    # Net A's convs sit at features.0, .3, .6, .8; D's at .0, .5, .10, .12 (stage
+    # by stage: the same (stage, position)), and the FC layers match by index.
+    pairs = {
+        "features.0": "features.0",
+        "features.5": "features.3",
+        "features.10": "features.6",
+        "features.12": "features.8",
+    }
+    pairs |= {f"classifier.{i}": f"classifier.{i}" for i in (0, 3, 6)}
+    assert copied == {f"{layer}.{kind}" for layer in pairs for kind in ("weight", "bias")}
+    for d_layer, a_layer in pairs.items():
+        for kind in ("weight", "bias"):
+            assert torch.allclose(net_d[f"{d_layer}.{kind}"], net_a[f"{a_layer}.{kind}"], atol=1e-6)
+    # A layer that was not copied keeps its own random weights (D's stage-1 conv 2).
+    assert net_d["features.2.weight"].shape != net_a[
+        "features.3.weight"
+    ].shape or not torch.allclose(net_d["features.2.weight"], net_a["features.3.weight"])
+    assert net_d["features.2.weight"].abs().sum() > 0
+
+
+def _kill_a_train_worker_after_first_checkpoint(run_dir: Path, killed: list[int]) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(run_dir.glob("checkpoint_*")):
+        time.sleep(0.2)
+    for process in psutil.process_iter(["pid", "name", "cmdline"]):
+        title = " ".join([process.info["name"] or "", *(process.info["cmdline"] or [])])
+        if "RayTrainWorker" in title:
+            os.kill(process.info["pid"], signal.SIGKILL)
+            killed.append(process.info["pid"])
+            return
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_its_checkpoint_with_the_same_result(
+    demo_shards, store, ray_local
+):
+    overrides = ("epochs=3", "max_steps_per_epoch=3")
+    killed: list[int] = []
+    config = _config(demo_shards, store, "smoke-killed", *overrides)
+    killer = threading.Thread(
+        target=_kill_a_train_worker_after_first_checkpoint,
+        args=(Path(store["storage"]) / "smoke-killed", killed),
+    )
+    killer.start()
+    interrupted = train(config)
+    killer.join()
+    assert killed, "no training worker was found to kill"
+
+    client = MlflowClient(store["uri"])
+    epochs = sorted(m.step for m in client.get_metric_history(interrupted.run_id, "train_loss"))
+    assert epochs[0] == 0 and epochs.count(0) == 1, "epoch 0 ran again after the failure"
+    assert sorted(set(epochs)) == [0, 1, 2]
+
+    straight = train(_config(demo_shards, store, "smoke-straight", *overrides))
+    resumed_weights = checkpoints.load(interrupted.final_checkpoint).model.state_dict()
+    straight_weights = checkpoints.load(straight.final_checkpoint).model.state_dict()
+    for name, tensor in straight_weights.items():
+        assert torch.equal(resumed_weights[name], tensor), name
+
+
+def test_rerunning_a_finished_run_name_resumes_it(smoke_run, store):
+    config, first = smoke_run
+    again = train(config)
+    assert again.run_id == first.run_id
+    assert again.final_checkpoint == first.final_checkpoint
+    history = MlflowClient(store["uri"]).get_metric_history(first.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [0, 1]
