@@ -428,8 +428,10 @@ def _finish(config: TuneConfig, parent_run_id: str, results, max_concurrent: int
             BEST_TAG: str(trial is best).lower(),
         }
         tracking.set_tags(trial.run_id, tags, uri)
-        if trial.outcome != FINISHED:
-            # The trial's process was ended by Tune, so nothing else closes its run.
+        open_run = tracking.get_run(trial.run_id, uri).info.status == "RUNNING"
+        if trial.outcome != FINISHED and open_run:
+            # Tune ended the trial's process, so nothing else closes its run (once:
+            # a sweep finished again leaves it as it was).
             status = "KILLED" if trial.stopped_early else "FAILED"
             tracking.end_run(trial.run_id, status, uri)
 
