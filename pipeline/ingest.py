@@ -20,7 +20,6 @@ Evaluation has no such need and uses `get_dataset_shard` / plain datasets.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -110,20 +109,6 @@ def _group(pieces: list[Piece], rows_per_task: int) -> list[list[Piece]]:
     return [g for g in groups if g]
 
 
-def read_rows(store: ShardStore, piece: Piece, columns: list[str]) -> pa.Table:
-    """Rows of one piece; only the record batches it covers are read."""
-    with store.fs.open_input_file(f"{store.root}/{piece.shard}") as stream:
-        reader = pa.ipc.open_file(stream)
-        first, last = piece.start // SHARD_BATCH_ROWS, (piece.stop - 1) // SHARD_BATCH_ROWS
-        batches = [reader.get_batch(i).select(columns) for i in range(first, last + 1)]
-    table = pa.Table.from_batches(batches)
-    return table.slice(piece.start - first * SHARD_BATCH_ROWS, piece.rows)
-
-
-def _dataset_seed(dataset_uri: str) -> int:
-    return zlib.crc32(dataset_uri.encode())
-
-
 class ShardRowsDatasource(Datasource):
     """A Ray Data datasource over chosen row ranges of the shards: one read task
     per group of pieces, in the given order. For training it also draws each
@@ -176,7 +161,9 @@ class ShardRowsDatasource(Datasource):
     def _read(self, pieces: list[Piece], index: int) -> pa.Table:
         store = ShardStore(self.dataset_uri)
         columns = ["key", "label", "image", "height", "width"]
-        table = pa.concat_tables([read_rows(store, piece, columns) for piece in pieces])
+        table = pa.concat_tables(
+            [store.read_rows(p.shard, p.start, p.stop, columns) for p in pieces]
+        )
         rng = _rng(*self.seed_words, index)
         if self.shuffle:
             table = table.take(rng.permutation(table.num_rows))

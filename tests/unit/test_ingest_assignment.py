@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from pipeline.ingest import Piece, epoch_assignment, read_rows, record_batch_pieces
+from pipeline.ingest import Piece, epoch_assignment, record_batch_pieces
 from pipeline.shards import SHARD_BATCH_ROWS, ShardInfo, ShardStore
 
 
@@ -54,7 +54,7 @@ def test_record_batch_pieces_follow_the_writer_batches():
     ]
 
 
-def test_read_rows_returns_exactly_the_piece(tmp_path):
+def test_a_piece_reads_exactly_its_rows(tmp_path):
     store = ShardStore(str(tmp_path))
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, format="JPEG")
@@ -70,5 +70,6 @@ def test_read_rows_returns_exactly_the_piece(tmp_path):
     )
     info = store.write_shard("train", 0, 1, table, {})
     for start, stop in [(0, 600), (250, 260), (255, 513), (512, 600), (599, 600)]:
-        got = read_rows(store, Piece(info.path, start, stop), ["key", "label"])
+        piece = Piece(info.path, start, stop)
+        got = store.read_rows(piece.shard, piece.start, piece.stop, ["key", "label"])
         assert got["key"].to_pylist() == [f"k{i}" for i in range(start, stop)]
