@@ -43,7 +43,7 @@ class TrainConfig:
     width: float = 1.0  # channel multiplier; 1.0 is the paper's
     crop_size: int = 224  # training crop side, pixels; a multiple of 32
     dropout: float = 0.5  # on FC1 and FC2
-    init: str = "gaussian"  # "gaussian" (N(0, init_std^2)) or "xavier"
+    init: str = "gaussian"  # "gaussian" (N(0, init_std^2)), "xavier" or "kaiming" (torchvision's)
     init_std: float = 0.01
     init_from: str | None = None  # net A to copy from (MLflow run id or checkpoint path)
     resume_from: str | None = None  # same-config net to continue from (smaller S)
@@ -293,20 +293,21 @@ def _paper(config: str, stage: str, **overrides: Any) -> TrainConfig:
 
 
 def _demo(**overrides: Any) -> TrainConfig:
-    """Narrow nets on the demo digits, on a laptop CPU. Glorot init: the paper's
-    gaussian init needs its long schedule (and net A) to get going."""
+    """Narrow nets on the demo digits, on a laptop CPU. torchvision's (He) init:
+    the paper's gaussian init needs its long schedule, and net A, to get going."""
     return TrainConfig(
         recipe="demo",
         config="A",
-        width=0.125,
+        width=0.25,
         crop_size=32,
         scale_min=36,
         scale_max=36,
-        init="xavier",
-        epochs=12,
-        global_batch_size=64,
-        lr=0.02,
+        init="kaiming",
+        epochs=20,
+        global_batch_size=32,
+        lr=0.01,
         lr_patience=1,
+        max_lr_reductions=2,
         num_workers=2,
         cpus_per_worker=0.5,
         data_cpus_per_task=0.5,
@@ -323,7 +324,6 @@ def _smoke(**overrides: Any) -> TrainConfig:
         width=0.0625,
         epochs=2,
         max_steps_per_epoch=4,
-        global_batch_size=32,
         num_workers=1,
         **overrides,
     )
@@ -401,6 +401,10 @@ class EvaluateConfig:
 
     # Hardware
     batch_size: int = 64  # most network inputs (crops or whole images) per forward pass
+    # Dense evaluation: most equal-size whole images per forward pass (each with its
+    # flip). None: batch_size // 2 on a GPU, 1 on a CPU, where batching whole images
+    # measured no faster than one at a time (benchmarks/evaluate.py).
+    dense_batch_size: int | None = None
     workers: int | None = None  # Ray tasks sharing the images; None: one per GPU, else 1
     use_gpu: bool | None = None  # None: when the cluster has GPUs
     cpus_per_worker: float = 1.0
@@ -447,6 +451,13 @@ class EvaluateConfig:
         if self.limit is not None:
             _require(self.limit >= 1, "limit", ">= 1 or None", self.limit)
         _require(self.batch_size >= 2, "batch_size", ">= 2", self.batch_size)
+        if self.dense_batch_size is not None:
+            _require(
+                self.dense_batch_size >= 1,
+                "dense_batch_size",
+                ">= 1 or None",
+                self.dense_batch_size,
+            )
         if self.workers is not None:
             _require(self.workers >= 1, "workers", ">= 1 or None", self.workers)
         _require(self.cpus_per_worker >= 0, "cpus_per_worker", ">= 0", self.cpus_per_worker)

@@ -80,6 +80,13 @@ def test_xavier_init_bounds_follow_fan_in_and_out():
     assert fc2.weight.abs().max() > 0.9 * bound
 
 
+def test_kaiming_init_is_torchvisions():
+    model = build_vgg("A", width=0.25, num_classes=10, init="kaiming")
+    conv = model.features[0]  # fan_out = 16 channels * 3 * 3
+    assert conv.weight.std().item() == pytest.approx((2 / (16 * 9)) ** 0.5, rel=0.15)
+    assert model.classifier[0].weight.std().item() == pytest.approx(0.01, rel=0.05)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "names"),
     [
@@ -88,7 +95,7 @@ def test_xavier_init_bounds_follow_fan_in_and_out():
         ({"config": "A", "crop_size": 0}, ["crop_size"]),
         ({"config": "A", "width": 0}, ["width", "> 0"]),
         ({"config": "A", "width": -1.0}, ["width"]),
-        ({"config": "A", "init": "kaiming"}, ["init", "gaussian", "xavier"]),
+        ({"config": "A", "init": "orthogonal"}, ["init", "gaussian", "xavier", "kaiming"]),
         ({"config": "A", "num_classes": 0}, ["num_classes"]),
     ],
 )
