@@ -319,6 +319,12 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
         default=defaults.batch_size,
         help="most crops or whole images per forward pass (default %(default)s)",
     )
+    parser.add_argument(
+        "--dense-batch-size",
+        type=int,
+        help="most equal-size whole images per dense forward pass "
+        "(default: half --batch-size on a GPU, 1 on a CPU)",
+    )
     parser.add_argument("--workers", type=int, help="Ray tasks (default: one per GPU, else 1)")
     parser.add_argument(
         "--gpu",
@@ -355,6 +361,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         limit=args.limit,
         predictions=args.predictions,
         batch_size=args.batch_size,
+        dense_batch_size=args.dense_batch_size,
         workers=args.workers,
         use_gpu=args.gpu,
         cpus_per_worker=args.cpus_per_worker,

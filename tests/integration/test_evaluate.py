@@ -17,7 +17,7 @@ from pipeline import checkpoints, tracking
 from pipeline.cli import main
 from pipeline.config import flat_params, recipe
 from pipeline.evaluate import evaluate, load_model
-from pipeline.ingest import pixel_statistics, read_rows, record_batch_pieces
+from pipeline.ingest import pixel_statistics, record_batch_pieces
 from pipeline.shards import ShardStore
 from vgg import to_fully_convolutional
 from vgg.evaluation import crop_posteriors, dense_posteriors
@@ -73,6 +73,7 @@ def test_every_protocol_and_an_ensemble_give_a_full_table_files_and_mlflow(demo_
         data=demo_nets["data"],
         ensemble=True,
         limit=40,
+        dense_batch_size=4,
         output=str(tmp_path / "table"),
         tracking_uri=uri,
         **SMALL,
@@ -133,7 +134,8 @@ def _worker_shares(data: str, workers: int, limit: int) -> list[tuple[str, bytes
     for rank in range(workers):
         wanted = limit // workers + (rank < limit % workers)
         for piece in pieces[rank::workers]:
-            table = read_rows(store, piece, ["key", "image", "label"]).to_pydict()
+            table = store.read_rows(piece.shard, piece.start, piece.stop, ["key", "image", "label"])
+            table = table.to_pydict()
             taken = list(zip(table["key"], table["image"], table["label"], strict=True))[:wanted]
             rows += taken
             wanted -= len(taken)
@@ -178,6 +180,7 @@ def test_workers_share_the_images_and_agree_with_a_plain_loop(demo_nets, tmp_pat
         scales=("single",),
         limit=images,
         predictions=True,
+        dense_batch_size=8,  # buckets of several images, as on a GPU
         output=str(tmp_path),
         tracking_uri=demo_nets["uri"],
         **SMALL,
