@@ -477,6 +477,8 @@ class EvaluateConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
+
+
 # ---------------------------------------------------------------------------
 # Sweeps (pipeline.tune): a search space over training configs, Ray Tune, ASHA
 
