@@ -236,7 +236,9 @@ def load_model(reference: str, uri: str) -> tuple[EvaluatedModel, dict[str, torc
         label = run.data.tags.get("mlflow.runName") or reference[:8]
         return _from_checkpoint(reference, path, "run", reference, label, uri)
     if exists or "://" in reference:
-        return _from_checkpoint(reference, reference, "checkpoint", None, None, uri)
+        # Ray's Checkpoint takes absolute paths or URIs only.
+        path = os.path.abspath(reference) if exists else reference
+        return _from_checkpoint(reference, path, "checkpoint", None, None, uri)
     version = tracking.registered_model_version(reference, uri)
     if version is not None:
         return _from_registry(reference, version, uri)

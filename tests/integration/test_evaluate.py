@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -318,3 +319,10 @@ def test_cli_prints_the_table_and_fails_in_one_line(demo_nets, tmp_path, capsys)
     assert len(errors) == 4 and all(line.startswith("vggpipe evaluate: error:") for line in errors)
     assert "protocols must be" in errors[1] and "crop size (32)" in errors[2]
     assert f"no MLflow run {'0' * 32}" in errors[3]
+
+
+def test_a_relative_checkpoint_path_loads_and_finds_its_run(demo_nets):
+    net = demo_nets["nets"][0]
+    model, weights = load_model(os.path.relpath(net["checkpoint"]), demo_nets["uri"])
+    assert (model.source, model.run_id, model.label) == ("checkpoint", net["run_id"], "eval-demo-0")
+    assert model.architecture.crop_size == 32 and "classifier.6.weight" in weights
