@@ -654,11 +654,13 @@ def csv_table(rows: Sequence[TableRow]) -> str:
 
 @dataclass
 class EvaluationResult:
+    """What `evaluate` returns: the table, where it was written and logged."""
+
     name: str  # the evaluation's name: its output folder and MLflow artifact folder
     rows: list[TableRow]
     models: list[EvaluatedModel]
     data: str
-    images: int  # images evaluated (per net, Q and view)
+    images: int  # distinct images evaluated (each through every net, Q and view)
     output: Path
     files: dict[str, Path]  # "markdown", "csv", "json"
     run_ids: list[str] = field(default_factory=list)  # runs the results were logged on
