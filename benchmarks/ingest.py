@@ -10,12 +10,12 @@ training device); then the same through the full Ray Data pipeline
 (`pipeline.ingest.training_batches`) on all cores, divided by the core count.
 Also the decode-only bound: a full Pillow decode of the stored images.
 
-    python benchmarks/ingest.py                 # builds a photo set from scikit-learn's photos
-    python benchmarks/ingest.py --source /data/imagenet-sample --images 2000
+    python -m benchmarks.ingest                 # builds a photo set from scikit-learn's photos
+    python -m benchmarks.ingest --source /data/imagenet-sample
 
 SOURCE is an ILSVRC-2012 folder layout (train/<wnid>/*.JPEG). Without it the
-benchmark makes one from the two real photographs scikit-learn ships: random
-crops of ImageNet's typical sizes (median 500x375), re-encoded at quality 90.
+benchmark makes one from the two real photographs scikit-learn ships
+(`benchmarks/preprocess.py`'s photo source: crops of ImageNet's typical sizes).
 """
 
 from __future__ import annotations
@@ -28,33 +28,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import sklearn
 import torch
 from PIL import Image
 
+from benchmarks.preprocess import make_photo_source
 from vgg.transforms import decode_crop, random_crop_box
 
 CROP = 224
-
-
-def make_photo_set(root: Path, images: int, seed: int = 0) -> None:
-    """ImageNet-sized JPEGs cut from real photographs, in ILSVRC folder layout."""
-    rng = np.random.default_rng(seed)
-    photos_dir = Path(sklearn.__file__).parent / "datasets" / "images"
-    photos = [Image.open(p).convert("RGB") for p in sorted(photos_dir.glob("*.jpg"))]
-    photos = [p.resize((p.width * 3, p.height * 3), Image.Resampling.BICUBIC) for p in photos]
-    for i in range(images):
-        photo = photos[i % len(photos)]
-        width = int(np.clip(rng.normal(500, 80), 300, 900))
-        height = int(width * rng.choice([0.75, 0.667, 1.0, 1.333]))
-        left = int(rng.integers(0, photo.width - width))
-        top = int(rng.integers(0, photo.height - height))
-        crop = photo.crop((left, top, left + width, top + height))
-        for split in ("train", "val"):
-            folder = root / split / f"n{i % len(photos):08d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            if split == "train" or i % 10 == 0:
-                crop.save(folder / f"img_{i:05d}.JPEG", quality=90)
 
 
 def imagefolder_rate(source: Path, scale, batch: int) -> float:
@@ -154,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     source = args.source
     if source is None:
         source = work / "photos"
-        make_photo_set(source, args.images)
+        make_photo_source(source, args.images)
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
