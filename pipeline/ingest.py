@@ -252,6 +252,12 @@ def training_dataset(
     )
 
 
+def _on_device(batch: dict[str, object], device: torch.device | str) -> dict[str, object]:
+    batch["image"] = batch["image"].to(device, non_blocking=True)
+    batch["label"] = batch["label"].to(device, non_blocking=True)
+    return batch
+
+
 class CropBatchCollate(NumpyBatchCollateFn):
     """Numpy batch to {"image": uint8 NHWC tensor, "label": int64 tensor, "key": list}."""
 
@@ -304,9 +310,7 @@ def training_batches(
             collate_fn=CropBatchCollate(),
             prefetch_batches=prefetch_batches,
         ):
-            batch["image"] = batch["image"].to(device, non_blocking=True)
-            batch["label"] = batch["label"].to(device, non_blocking=True)
-            yield batch
+            yield _on_device(batch, device)
         return
     for batch in dataset.iter_batches(
         batch_size=batch_size,
@@ -442,6 +446,4 @@ def validation_batches(
         cpus_per_task=cpus_per_task,
     )
     for batch in dataset.iter_torch_batches(batch_size=batch_size, collate_fn=CropBatchCollate()):
-        batch["image"] = batch["image"].to(device, non_blocking=True)
-        batch["label"] = batch["label"].to(device, non_blocking=True)
-        yield batch
+        yield _on_device(batch, device)
