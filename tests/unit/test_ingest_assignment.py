@@ -1,15 +1,11 @@
-"""The per-epoch assignment of shard rows to workers, and range reads, without Ray."""
+"""The per-epoch assignment of shard rows to workers, without Ray."""
 
 from __future__ import annotations
 
-import io
-
-import pyarrow as pa
 import pytest
-from PIL import Image
 
 from pipeline.ingest import Piece, epoch_assignment, record_batch_pieces
-from pipeline.shards import SHARD_BATCH_ROWS, ShardInfo, ShardStore
+from pipeline.shards import SHARD_BATCH_ROWS, ShardInfo
 
 
 def _shards(*rows: int) -> list[ShardInfo]:
@@ -52,24 +48,3 @@ def test_record_batch_pieces_follow_the_writer_batches():
         (SHARD_BATCH_ROWS, 2 * SHARD_BATCH_ROWS),
         (2 * SHARD_BATCH_ROWS, 2 * SHARD_BATCH_ROWS + 5),
     ]
-
-
-def test_a_piece_reads_exactly_its_rows(tmp_path):
-    store = ShardStore(str(tmp_path))
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buffer, format="JPEG")
-    rows = 600
-    table = pa.table(
-        {
-            "key": [f"k{i}" for i in range(rows)],
-            "label": pa.array([i % 7 for i in range(rows)], pa.int32()),
-            "image": [buffer.getvalue()] * rows,
-            "height": pa.array([8] * rows, pa.int32()),
-            "width": pa.array([8] * rows, pa.int32()),
-        }
-    )
-    info = store.write_shard("train", 0, 1, table, {})
-    for start, stop in [(0, 600), (250, 260), (255, 513), (512, 600), (599, 600)]:
-        piece = Piece(info.path, start, stop)
-        got = store.read_rows(piece.shard, piece.start, piece.stop, ["key", "label"])
-        assert got["key"].to_pylist() == [f"k{i}" for i in range(start, stop)]
