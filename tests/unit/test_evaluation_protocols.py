@@ -27,15 +27,27 @@ from vgg.model import CONFIGS
 from vgg.transforms import grid_offsets, multi_crop
 
 
+def pixels(*shape: int) -> torch.Tensor:
+    """Stand-in model inputs at the scale of real ones: 0-255 minus the mean."""
+    return 60 * torch.randn(*shape)
+
+
 @pytest.fixture(scope="module")
 def net():
+    """A small net whose logits spread over several units: with the paper's
+    N(0, 0.01) init they are ~1e-14 and any two posteriors agree to any
+    tolerance, so no comparison below could fail."""
     torch.manual_seed(0)
-    return build_vgg("A", width=0.125, num_classes=10, crop_size=64).eval()
+    model = build_vgg("A", width=0.125, num_classes=10, crop_size=64, init="kaiming").eval()
+    with torch.no_grad():
+        model.classifier[6].weight *= 3 / model(pixels(16, 3, 64, 64)).std()
+        assert model(pixels(16, 3, 64, 64)).std() > 1
+    return model
 
 
 def test_dense_scores_on_a_crop_size_input_equal_the_single_crop_logits(net):
     dense = to_fully_convolutional(net)
-    crops = torch.randn(4, 3, 64, 64)
+    crops = pixels(4, 3, 64, 64)
     with torch.no_grad():
         logits = net(crops)
         assert torch.allclose(spatial_average(dense(crops)), logits, atol=1e-5)
@@ -49,17 +61,23 @@ def test_dense_scores_on_a_crop_size_input_equal_the_single_crop_logits(net):
 
 def test_dense_averages_the_score_map_over_every_window(net):
     dense = to_fully_convolutional(net)
-    image = torch.randn(1, 3, 96, 128)  # a 2 x 3 map of 64-pixel windows, stride 32
-    windows = torch.cat(
-        [
-            image[:, :, 32 * i : 32 * i + 64, 32 * j : 32 * j + 64]
-            for i in range(2)
-            for j in range(3)
-        ]
-    )
+    image = pixels(1, 3, 96, 128)  # pool5 is 3 x 4: a 2 x 3 map of 2 x 2 windows
     with torch.no_grad():
-        expected = softmax_posteriors(net(windows).mean(dim=0, keepdim=True))
+        pooled = net.features(image)
+        # Each cell is FC1-FC3 on one 2 x 2 window of the whole image's pool5
+        # map; the map's windows see their neighbours through the 3x3 convs, so
+        # they are not the logits of the same pixels cropped out alone.
+        cells = torch.cat(
+            [
+                net.classifier(torch.flatten(pooled[:, :, i : i + 2, j : j + 2], 1))
+                for i in range(2)
+                for j in range(3)
+            ]
+        )
+        expected = softmax_posteriors(cells.mean(dim=0, keepdim=True))
         assert torch.allclose(dense_posteriors(dense, image, flip=False), expected, atol=1e-5)
+        # Averaging scores, then softmax: not the mean of the cells' posteriors.
+        assert not torch.allclose(expected, softmax_posteriors(cells).mean(dim=0), atol=1e-3)
 
 
 def _position_image(height: int, width: int) -> np.ndarray:
@@ -98,7 +116,7 @@ def test_grid_offsets_are_mirror_symmetric_for_an_even_spare_length():
 
 def test_flip_averaging_is_symmetric(net):
     dense = to_fully_convolutional(net)
-    images = torch.randn(3, 3, 70, 101)
+    images = pixels(3, 3, 70, 101)
     with torch.no_grad():
         assert torch.allclose(
             dense_posteriors(dense, images), dense_posteriors(dense, images.flip(-1)), atol=1e-6
@@ -112,7 +130,7 @@ def test_flip_averaging_is_symmetric(net):
 
 
 def test_crop_posteriors_average_softmax_over_each_images_views(net):
-    crops = torch.randn(2, 5, 3, 64, 64)
+    crops = pixels(2, 5, 3, 64, 64)
     with torch.no_grad():
         expected = torch.stack([softmax_posteriors(net(c)).mean(dim=0) for c in crops])
         assert torch.allclose(crop_posteriors(net, crops, batch_size=3), expected, atol=1e-6)
@@ -176,7 +194,8 @@ def test_bucketed_dense_evaluation_equals_one_image_at_a_time(net):
     rng = np.random.default_rng(1)
     shapes = [(64, 96), (96, 64), (64, 96), (64, 64), (64, 96), (96, 64)]
     items = [
-        (i, rng.standard_normal((3, *shape)).astype(np.float32)) for i, shape in enumerate(shapes)
+        (i, 60 * rng.standard_normal((3, *shape)).astype(np.float32))
+        for i, shape in enumerate(shapes)
     ]
     with torch.no_grad():
         alone = {key: dense_posteriors(dense, torch.from_numpy(x)[None])[0] for key, x in items}
@@ -212,6 +231,6 @@ def test_architecture_of_refuses_what_is_not_a_vgg():
 def test_build_from_state_dict_gives_the_same_network(net):
     rebuilt = build_from_state_dict(net.state_dict())
     assert not rebuilt.training
-    x = torch.randn(2, 3, 64, 64)
+    x = pixels(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(rebuilt(x), net(x))
