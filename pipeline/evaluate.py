@@ -686,7 +686,7 @@ class EvaluationResult:
                 f"passes (images of equal rescaled size batched together: "
                 f"{self.dense_images / self.dense_passes:.1f} per pass)."
             )
-        lines += [f"  {kind:8s} {path}" for kind, path in self.files.items()]
+        lines += [f"  {kind:11s} {path}" for kind, path in self.files.items()]
         if self.run_ids:
             lines.append("Logged to MLflow run(s) " + ", ".join(self.run_ids))
         return "\n".join(lines)
