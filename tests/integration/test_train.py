@@ -138,10 +138,21 @@ def test_d_from_a_records_the_copied_layers_and_they_equal_net_a(smoke_run, demo
     assert net_d["features.2.weight"].abs().sum() > 0
 
 
+def _checkpoint_registered(run_dir: Path) -> bool:
+    """Ray has taken a checkpoint as the one to restart from: its checkpoint
+    manager's snapshot names one (a checkpoint folder alone may not be
+    registered yet when a worker dies)."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    return "checkpoint_" in json.dumps(snapshot.get("latest_checkpoint_result"))
+
+
 def _kill_a_train_worker_after_first_checkpoint(run_dir: Path, killed: list[int]) -> None:
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list(run_dir.glob("checkpoint_*")):
-        time.sleep(0.2)
+    while time.monotonic() < deadline and not _checkpoint_registered(run_dir):
+        time.sleep(0.1)
     for process in psutil.process_iter(["pid", "name", "cmdline"]):
         title = " ".join([process.info["name"] or "", *(process.info["cmdline"] or [])])
         if "RayTrainWorker" in title:
