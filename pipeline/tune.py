@@ -195,6 +195,38 @@ def _trial_dirname(trial) -> str:
     return trial.trial_id
 
 
+def _resumable_asha(**settings):
+    """Ray's ASHA scheduler, with rungs that survive Tuner.restore. Tune keeps
+    the scheduler as first pickled and saves none of its state, so a resumed
+    sweep would judge its remaining trials only against each other, and a
+    resumed trial again at rungs it had passed. Here every trial added with
+    results on storage (a restored one) replays them into its bracket."""
+    import json
+
+    from ray.tune.schedulers import ASHAScheduler
+
+    class ResumableASHA(ASHAScheduler):
+        def on_trial_add(self, tune_controller, trial):
+            super().on_trial_add(tune_controller, trial)
+            if not trial.has_reported_at_least_once:
+                return  # a new trial (its folder is not even named yet)
+            bracket = self._trial_info[trial.trial_id]
+            try:
+                with trial.storage.storage_filesystem.open_input_stream(
+                    f"{trial.path}/result.json"
+                ) as stream:
+                    lines = stream.read().decode().splitlines()
+            except OSError:  # FileNotFoundError included: nothing saved to replay
+                return
+            for line in lines:
+                result = json.loads(line)
+                if self._time_attr in result and self._metric in result:
+                    reward = self._metric_op * result[self._metric]
+                    bracket.on_result(trial, result[self._time_attr], reward)
+
+    return ResumableASHA(**settings)
+
+
 # ---------------------------------------------------------------------------
 # Resources
 
@@ -272,7 +304,6 @@ def tune(config: TuneConfig, *, address: str | None = None) -> TuneResult:
     """Run (or resume) the sweep `config` describes; see the module docstring."""
     import ray
     from ray import tune as ray_tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
     from pipeline import tracking
@@ -333,7 +364,7 @@ def tune(config: TuneConfig, *, address: str | None = None) -> TuneResult:
                     # Rungs only before the last epoch (max_t = epochs - 1, and no stop
                     # at max_t), so that a trial ASHA keeps always ends inside train():
                     # its models logged, its checkpoints tagged.
-                    scheduler=ASHAScheduler(
+                    scheduler=_resumable_asha(
                         time_attr=EPOCHS_DONE,
                         max_t=base.epochs - 1,
                         grace_period=config.grace_period,
@@ -358,17 +389,34 @@ def tune(config: TuneConfig, *, address: str | None = None) -> TuneResult:
                 ),
             )
         results = tuner.fit()
-        if results.num_terminated + results.num_errors < len(results):
-            raise RuntimeError(
-                f"sweep {config.name} was interrupted with trials unfinished; "
-                "run it again to resume"
-            )
+        if not _sweep_complete(experiment_path, expected_trials(config)):
+            # Tune answers Ctrl-C by saving its state and returning what it has
+            # (in memory, the trials it stopped look terminated; the saved state,
+            # which a resume reads, knows better).
+            raise KeyboardInterrupt(f"sweep {config.name} interrupted; run it again to resume")
         summary = _finish(config, parent_run_id, results, max_concurrent)
+    except KeyboardInterrupt:
+        tracking.end_run(parent_run_id, "KILLED", uri)
+        raise
     except BaseException:
         tracking.end_run(parent_run_id, "FAILED", uri)
         raise
     tracking.end_run(parent_run_id, "FINISHED", uri)
     return summary
+
+
+def expected_trials(config: TuneConfig) -> int:
+    """Trials the search space makes: each grid's product, num_samples times."""
+    count = config.num_samples * len(config.scales or (None,)) * len(config.lrs or (None,))
+    return count * math.prod(len(values) for _, values in config.grid)
+
+
+def _sweep_complete(experiment_path: str, expected: int) -> bool:
+    """Whether Tune's saved experiment state has every trial made and done."""
+    from ray.tune import ExperimentAnalysis
+
+    statuses = [trial.status for trial in ExperimentAnalysis(experiment_path).trials]
+    return len(statuses) >= expected and all(s in ("TERMINATED", "ERROR") for s in statuses)
 
 
 def _summarise(config: TuneConfig, result) -> TrialSummary:
@@ -428,11 +476,11 @@ def _finish(config: TuneConfig, parent_run_id: str, results, max_concurrent: int
             BEST_TAG: str(trial is best).lower(),
         }
         tracking.set_tags(trial.run_id, tags, uri)
-        open_run = tracking.get_run(trial.run_id, uri).info.status == "RUNNING"
-        if trial.outcome != FINISHED and open_run:
-            # Tune ended the trial's process, so nothing else closes its run (once:
-            # a sweep finished again leaves it as it was).
-            status = "KILLED" if trial.stopped_early else "FAILED"
+        # Tune ends a stopped or failed trial's process, so nothing closed its run,
+        # or train() saw the stop as an error and closed it FAILED. Set once: a
+        # sweep finished again leaves it as it was.
+        status = {STOPPED_EARLY: "KILLED", FAILED: "FAILED"}.get(trial.outcome)
+        if status and tracking.get_run(trial.run_id, uri).info.status != status:
             tracking.end_run(trial.run_id, status, uri)
 
     model_version = _register_best(config, parent_run_id, best)
@@ -668,6 +716,7 @@ __all__ = [
     "TrialSummary",
     "TuneResult",
     "concurrent_trials",
+    "expected_trials",
     "plot_error_against_lr",
     "run_trial",
     "search_space",

@@ -19,7 +19,13 @@ from pipeline.config import (
     train_scale_label,
     tune_recipe,
 )
-from pipeline.tune import concurrent_trials, search_space, trial_config, trial_resources
+from pipeline.tune import (
+    concurrent_trials,
+    expected_trials,
+    search_space,
+    trial_config,
+    trial_resources,
+)
 
 
 def test_every_sweep_recipe_builds_a_valid_config():
@@ -119,7 +125,7 @@ def test_config_round_trips_through_json_and_logs_flat():
     params = config.flat_params()
     assert params["lrs"] == "(0.002, 1e-05)"
     assert params["grid"] == "width=0.0625,0.125"
-    assert params["train.epochs"] == "3" and params["train.recipe"] == "smoke"
+    assert params["train.epochs"] == "3" and params["train.recipe"] == "tune-smoke"
     assert all(isinstance(value, str) for value in params.values())
 
 
@@ -138,6 +144,13 @@ def test_search_space_puts_lr_last_so_that_neighbouring_trials_differ_in_lr():
     # A sweep without scales keeps the base config's scale.
     plain = dataclasses.replace(grid, scales=())
     assert search_space(plain)["scale"] == tune.grid_search(["36"])
+
+
+def test_expected_trials_is_the_product_of_the_grids_times_num_samples():
+    assert expected_trials(tune_recipe("tune-smoke")) == 4
+    assert expected_trials(tune_recipe("tune-smoke", ["grid.width=0.0625,0.125,0.25"])) == 12
+    assert expected_trials(tune_recipe("tune-demo")) == 4 * 2  # draws x scales
+    assert expected_trials(tune_recipe("tune-smoke", ["scales=", "num_samples=3"])) == 6
 
 
 def test_trial_config_is_the_base_with_the_trials_values_nested_under_the_sweep():
