@@ -39,35 +39,20 @@ from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from pipeline import checkpoints, tracking
-from pipeline.config import (
-    EVALUATION_PROTOCOLS,
-    SCALE_SETS,
-    ConfigError,
-    EvaluateConfig,
-)
 from pipeline.shards import ShardStore
-from vgg.dense import to_fully_convolutional
-from vgg.evaluation import (
-    Architecture,
-    SizeBuckets,
-    architecture_of,
-    average_posteriors,
-    build_from_state_dict,
-    crop_posteriors,
-    dense_posteriors,
-    multi_test_scales,
-    single_test_scale,
-    top_k_errors,
-)
-from vgg.interop import TORCHVISION_CONFIGS, load_torchvision_state_dict
-from vgg.model import VGG
-from vgg.transforms import PixelStatistics, multi_crop, to_model_input
+
+# torch, vgg, MLflow and Ray load when a function needs them, so that
+# `from pipeline import evaluate` stays light (see pipeline/__init__.py).
+if TYPE_CHECKING:
+    import torch
+
+    from pipeline.config import EvaluateConfig
+    from vgg.evaluation import Architecture
+    from vgg.transforms import PixelStatistics
 
 # The views each protocol averages; a view's posteriors are computed once per
 # (net, Q) and shared by every row that needs them.
@@ -133,6 +118,8 @@ def _statistics(*datasets: str | None) -> PixelStatistics:
 def _run_for_checkpoint(path: str, config, uri: str) -> str | None:
     """The training run that wrote checkpoint `path`: the run with the config's
     name whose best or final checkpoint sits in the same Ray Train run folder."""
+    from pipeline import tracking
+
     run = tracking.find_run(config.name, config.experiment, uri)
     if run is None:
         return None
@@ -147,6 +134,9 @@ def _run_for_checkpoint(path: str, config, uri: str) -> str | None:
 def _from_checkpoint(
     reference: str, path: str, source: str, run_id: str | None, label: str | None, uri: str
 ) -> tuple[EvaluatedModel, dict[str, torch.Tensor]]:
+    from pipeline import checkpoints
+    from vgg.evaluation import Architecture
+
     loaded = checkpoints.load(path)
     config = loaded.config
     if run_id is None:
@@ -167,6 +157,13 @@ def _from_checkpoint(
 
 
 def _from_torchvision_file(reference: str) -> tuple[EvaluatedModel, dict[str, torch.Tensor]]:
+    import torch
+
+    from vgg.evaluation import architecture_of
+    from vgg.interop import TORCHVISION_CONFIGS, load_torchvision_state_dict
+    from vgg.model import VGG
+    from vgg.transforms import PixelStatistics
+
     state_dict = torch.load(reference, map_location="cpu", weights_only=True)
     if not isinstance(state_dict, dict):
         raise ValueError(f"{reference} holds a {type(state_dict).__name__}, not a state dict")
@@ -201,6 +198,9 @@ def _from_torchvision_file(reference: str) -> tuple[EvaluatedModel, dict[str, to
 
 
 def _from_registry(reference: str, version, uri: str) -> tuple[EvaluatedModel, dict]:
+    from pipeline import tracking
+    from vgg.evaluation import architecture_of
+
     state_dict = tracking.load_registered_state_dict(version.name, version.version, uri)
     params = tracking.get_run(version.run_id, uri).data.params if version.run_id else {}
     train_scale = None
@@ -225,6 +225,8 @@ def load_model(reference: str, uri: str) -> tuple[EvaluatedModel, dict[str, torc
     a torchvision state dict file (.pth, .pt), an MLflow run id (its best
     checkpoint), a checkpoint folder or URI, or a registered model
     ("models:/name/version", "models:/name@alias", "name/version")."""
+    from pipeline import checkpoints, tracking
+
     exists = os.path.exists(reference)
     if exists and os.path.isfile(reference) and reference.endswith(STATE_DICT_SUFFIXES):
         return _from_torchvision_file(reference)
@@ -265,6 +267,8 @@ def scales_for(
 ) -> tuple[int, ...]:
     """The Q of `scale_set` for `model`, derived from its training S as
     PAPER.md section 3 says (or given explicitly)."""
+    from vgg.evaluation import multi_test_scales, single_test_scale
+
     if isinstance(scale_set, tuple):
         return scale_set
     low, high = model.train_scale or (TORCHVISION_ASSUMED_S, TORCHVISION_ASSUMED_S)
@@ -276,6 +280,8 @@ def scales_for(
 def plan_rows(models: Sequence[EvaluatedModel], config: EvaluateConfig) -> list[PlannedRow]:
     """Every net alone, then the ensemble if asked: one row per scale set and
     protocol, in the order of `config.scales` and `config.protocols`."""
+    from pipeline.config import ConfigError
+
     groups = [(i,) for i in range(len(models))]
     if config.ensemble:
         groups.append(tuple(range(len(models))))
@@ -354,6 +360,8 @@ class _Posteriors:
             store[key] = row
 
     def matrix(self, model: int, scale: int, view: str, keys: Sequence[str]) -> torch.Tensor:
+        import torch
+
         store = self.by_key[(model, scale, view)]
         return torch.from_numpy(np.stack([store[k] for k in keys]))
 
@@ -368,6 +376,10 @@ def _centre_crop(image: np.ndarray, crop_size: int) -> np.ndarray:
 def _as_input(images: np.ndarray, model: EvaluatedModel, device: torch.device) -> torch.Tensor:
     """uint8 (..., H, W, 3) to the net's float NCHW input on `device`, keeping
     the leading dimensions; the uint8 array is what crosses to the device."""
+    import torch
+
+    from vgg.transforms import to_model_input
+
     lead = images.shape[:-3]
     batch = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
     x = to_model_input(batch.reshape(-1, *images.shape[-3:]), model.mean_rgb, model.std_rgb)
@@ -378,6 +390,11 @@ class _ShareEvaluator:
     """The nets of one worker on its device, and the posteriors they produce."""
 
     def __init__(self, job: ShareJob, state_dicts: Sequence[dict[str, torch.Tensor]]) -> None:
+        import torch
+
+        from vgg.dense import to_fully_convolutional
+        from vgg.evaluation import build_from_state_dict
+
         self.job = job
         self.device = torch.device("cuda" if job.use_gpu and torch.cuda.is_available() else "cpu")
         self.autocast = (
@@ -404,6 +421,8 @@ class _ShareEvaluator:
         )
 
     def centre(self, i: int, scale: int, keys: list[str], images: list[np.ndarray]) -> None:
+        from vgg.evaluation import crop_posteriors
+
         model = self.job.models[i]
         crop = model.architecture.crop_size
         crops = _as_input(np.stack([_centre_crop(im, crop) for im in images]), model, self.device)
@@ -414,6 +433,9 @@ class _ShareEvaluator:
         self.collected.add(i, scale, "centre", keys, posteriors)
 
     def multi_crop(self, i: int, scale: int, keys: list[str], images: list[np.ndarray]) -> None:
+        from vgg.evaluation import crop_posteriors
+        from vgg.transforms import multi_crop
+
         model, grid = self.job.models[i], self.job.grid
         # As many images at once as fill a forward pass with their 2 * grid^2 crops.
         step = max(1, self.job.batch_size // (2 * grid * grid))
@@ -429,6 +451,8 @@ class _ShareEvaluator:
             self.collected.add(i, scale, "multi-crop", keys[first : first + step], posteriors)
 
     def dense(self, models: list[int], scale: int, bucket) -> None:
+        from vgg.evaluation import dense_posteriors
+
         for i in models:
             x = _as_input(bucket.stacked(), self.job.models[i], self.device)
             with self.autocast:
@@ -440,6 +464,8 @@ class _ShareEvaluator:
     def one_scale(self, scale: int, dataset, progress) -> None:
         """Every image of `dataset` (whole, rescaled to `scale`) through every
         net and view that the rows need at this scale."""
+        from vgg.evaluation import SizeBuckets
+
         views_by_model = self.needs[scale]
         dense_models = [i for i, views in views_by_model.items() if "dense" in views]
         buckets = SizeBuckets(self.dense_batch_size)
@@ -464,6 +490,10 @@ class _ShareEvaluator:
     def result(self, seconds: float) -> ShareResult:
         """Each row's error counts on this worker's images: its views averaged,
         then its scales, then its nets."""
+        import torch
+
+        from vgg.evaluation import average_posteriors, top_k_errors
+
         keys = sorted(self.collected.labels)
         result = ShareResult([], len(keys), self.dense_images, self.dense_passes, seconds)
         if not keys:
@@ -507,6 +537,7 @@ def evaluate_share(
     counts on its images. Runs in a Ray task (or in a plain process)."""
     import ray
     import ray.data
+    import torch
 
     from pipeline import ingest
 
@@ -705,8 +736,8 @@ def evaluate(
     models: str | Sequence[str],
     *,
     data: str = "",
-    protocols: Sequence[str] = EVALUATION_PROTOCOLS,
-    scales: Sequence[str | int | Sequence[int]] = SCALE_SETS,
+    protocols: Sequence[str] | None = None,
+    scales: Sequence[str | int | Sequence[int]] | None = None,
     ensemble: bool = False,
     limit: int | None = None,
     output: str | None = None,
@@ -719,12 +750,14 @@ def evaluate(
     ("single", "multi", or explicit Q like (256, 384, 512)); with `ensemble`,
     also the average of all the nets' posteriors. Other `settings` are
     `EvaluateConfig` fields (split, grid, batch_size, workers, use_gpu,
-    tracking_uri, run_name ...)."""
+    tracking_uri, run_name ...). Protocols and scale sets default to all."""
+    from pipeline.config import EVALUATION_PROTOCOLS, SCALE_SETS, EvaluateConfig
+
     config = EvaluateConfig(
         models=(models,) if isinstance(models, str) else tuple(models),
         data=data,
-        protocols=tuple(protocols),
-        scales=tuple(_scale_entry(s) for s in scales),
+        protocols=tuple(protocols or EVALUATION_PROTOCOLS),
+        scales=tuple(_scale_entry(s) for s in scales or SCALE_SETS),
         ensemble=ensemble,
         limit=limit,
         output=output,
@@ -761,6 +794,7 @@ def evaluation_name(config: EvaluateConfig, data: str) -> str:
 
 def _check_data(data: str, split: str, models: Sequence[EvaluatedModel]) -> tuple[int, int]:
     """The split's image count and record batches (the most workers can share)."""
+    from pipeline.config import ConfigError
     from pipeline.ingest import record_batch_pieces
 
     store = ShardStore(data)
@@ -802,6 +836,9 @@ def run_evaluation(
 ) -> EvaluationResult:
     """Run the evaluation `config` describes (see the module docstring)."""
     import ray
+
+    from pipeline import tracking
+    from pipeline.config import ConfigError
 
     started = time.perf_counter()
     uri = tracking.tracking_uri(config.tracking_uri)
@@ -986,6 +1023,8 @@ def _log_rows(
     *,
     by_model: bool,
 ) -> None:
+    from pipeline import tracking
+
     metrics = {}
     for row in rows:
         prefix = row.metric_prefix()
@@ -1003,6 +1042,8 @@ def _log_rows(
 def _log(result: EvaluationResult, config: EvaluateConfig, uri: str) -> None:
     """Each net's rows on its own run; the whole table on an evaluation run when
     there is an ensemble, several nets, or a net without a run."""
+    from pipeline import tracking
+
     for model in result.models:
         if model.run_id is None:
             continue
