@@ -11,11 +11,12 @@ rank and world size) and evaluate every net on it.
 Inside a worker each image is decoded once per test scale Q, as the whole
 image with its shorter side Q; the centre crop and the multi-crop grid are cut
 from that array on the worker, so a 50-crop tensor per image never crosses the
-object store, and dense evaluation batches images of equal rescaled size
-(`vgg.evaluation.SizeBuckets`). A worker keeps its images' posteriors for every
-(net, Q, view), combines them per row (views, then scales, then nets) and
-returns only error counts, which the driver sums: the posteriors of 50,000
-images never travel.
+object store. Dense evaluation batches images of equal rescaled size
+(`vgg.evaluation.SizeBuckets`) on a GPU; a CPU worker takes them one at a
+time, which measured faster there (`benchmarks/evaluate.py`). A worker keeps
+its images' posteriors for every (net, Q, view), combines them per row (views,
+then scales, then nets) and returns only error counts, which the driver sums:
+the posteriors of 50,000 images never travel.
 
 The table is printed, written as Markdown, CSV and JSON to `output`, and
 logged to MLflow (artifacts under `evaluation/<name>/`, metrics named
