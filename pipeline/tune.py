@@ -196,16 +196,27 @@ def _trial_dirname(trial) -> str:
 
 
 def _resumable_asha(**settings):
-    """Ray's ASHA scheduler, with rungs that survive Tuner.restore. Tune keeps
-    the scheduler as first pickled and saves none of its state, so a resumed
-    sweep would judge its remaining trials only against each other, and a
-    resumed trial again at rungs it had passed. Here every trial added with
-    results on storage (a restored one) replays them into its bracket."""
+    """Ray's ASHA scheduler, made fit for resumed sweeps in two ways.
+
+    Tune keeps the scheduler as first pickled and saves none of its state, so
+    a resumed sweep would judge its remaining trials only against each other,
+    and a resumed trial again at rungs it had passed: every trial added with
+    results on storage (a restored one) replays them into its bracket.
+
+    A resumed trial restarts from its latest checkpoint, which can be behind
+    its latest report to Tune or ahead of a rung it never reported at; such a
+    trial is judged at its next report, except at the last epoch (past max_t),
+    which it always finishes so that train() logs its models."""
     import json
 
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
     class ResumableASHA(ASHAScheduler):
+        def on_trial_result(self, tune_controller, trial, result):
+            if result.get(self._time_attr, 0) > self._max_t:
+                return TrialScheduler.CONTINUE
+            return super().on_trial_result(tune_controller, trial, result)
+
         def on_trial_add(self, tune_controller, trial):
             super().on_trial_add(tune_controller, trial)
             if not trial.has_reported_at_least_once:

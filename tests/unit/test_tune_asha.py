@@ -71,6 +71,26 @@ def test_a_resumed_trial_is_not_judged_again_at_rungs_it_passed(tmp_path):
     assert _report(scheduler, resumed, 3, 0.45) == TrialScheduler.CONTINUE
 
 
+def test_a_resumed_trial_past_a_rung_it_skipped_is_not_stopped_at_its_last_epoch(tmp_path):
+    scheduler = _scheduler(epochs=3)  # rungs after epochs 1 and 2
+    scheduler.on_trial_add(None, _trial(tmp_path, "good", [0.5, 0.3, 0.2]))
+    # Killed after reporting epoch 1 but with epoch 2 checkpointed: resumed,
+    # it next reports epoch 3, its last, past the rung at 2 it never reached.
+    resumed = _trial(tmp_path, "resumed", [0.8])
+    scheduler.on_trial_add(None, resumed)
+    assert _report(scheduler, resumed, 3, 0.7) == TrialScheduler.CONTINUE
+
+
+def test_a_resumed_trial_past_a_rung_it_skipped_is_judged_there_before_its_last_epoch(
+    tmp_path,
+):
+    scheduler = _scheduler(epochs=4)  # rungs after epochs 1 and 2; 4 is the last
+    scheduler.on_trial_add(None, _trial(tmp_path, "good", [0.5, 0.3]))
+    resumed = _trial(tmp_path, "resumed", [0.8])
+    scheduler.on_trial_add(None, resumed)
+    assert _report(scheduler, resumed, 3, 0.7) == TrialScheduler.STOP
+
+
 def test_no_rung_at_the_last_epoch_so_kept_trials_finish_inside_train(tmp_path):
     scheduler = _scheduler(epochs=3)
     best, worst = _trial(tmp_path, "best"), _trial(tmp_path, "worst")
