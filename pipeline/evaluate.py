@@ -160,9 +160,8 @@ def _from_checkpoint(
 def _from_torchvision_file(reference: str) -> tuple[EvaluatedModel, dict[str, torch.Tensor]]:
     import torch
 
-    from vgg.evaluation import architecture_of
+    from vgg.evaluation import architecture_of, unallocated_vgg
     from vgg.interop import TORCHVISION_CONFIGS, load_torchvision_state_dict
-    from vgg.model import VGG
     from vgg.transforms import PixelStatistics
 
     state_dict = torch.load(reference, map_location="cpu", weights_only=True)
@@ -172,14 +171,8 @@ def _from_torchvision_file(reference: str) -> tuple[EvaluatedModel, dict[str, to
     if architecture.config in TORCHVISION_CONFIGS:
         # torchvision's own weights go through the interop, which checks them by
         # name and shape; the net is allocated, not initialised (to_empty).
-        with torch.device("meta"):
-            model = VGG(
-                architecture.config,
-                num_classes=architecture.num_classes,
-                width=architecture.width,
-                crop_size=architecture.crop_size,
-            )
-        model = load_torchvision_state_dict(model.to_empty(device="cpu"), state_dict)
+        model = unallocated_vgg(architecture).to_empty(device="cpu")
+        model = load_torchvision_state_dict(model, state_dict)
         state_dict = model.state_dict()
     stats = PixelStatistics.imagenet()
     return (

@@ -207,6 +207,18 @@ class Architecture:
     crop_size: int
 
 
+def unallocated_vgg(architecture: Architecture) -> VGG:
+    """A `VGG` of `architecture` on the meta device: no memory, no random
+    initialisation; weights are assigned or allocated (`to_empty`) after."""
+    with torch.device("meta"):
+        return VGG(
+            architecture.config,
+            num_classes=architecture.num_classes,
+            width=architecture.width,
+            crop_size=architecture.crop_size,
+        )
+
+
 def _conv_weights(state_dict: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
     indexed = []
     for name, tensor in state_dict.items():
@@ -260,13 +272,7 @@ def build_from_state_dict(
     """A `VGG` holding `state_dict`'s weights, built without a random
     initialisation (the meta device, then the weights assigned)."""
     architecture = architecture or architecture_of(state_dict)
-    with torch.device("meta"):
-        model = VGG(
-            architecture.config,
-            num_classes=architecture.num_classes,
-            width=architecture.width,
-            crop_size=architecture.crop_size,
-        )
+    model = unallocated_vgg(architecture)
     model.load_state_dict(dict(state_dict), assign=True)
     return model.eval()
 
