@@ -14,13 +14,14 @@ resumes the same Ray Train run and the same MLflow run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
+import os
 import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from torch import nn
 
 from pipeline import checkpoints, ingest, tracking
 from pipeline.config import ConfigError, TrainConfig, flat_params
-from pipeline.shards import ShardStore
+from pipeline.shards import ShardStore, canonical_uri
 from vgg import init_from_shallower
 from vgg.transforms import prepare_training_batch, to_model_input
 
@@ -321,10 +322,6 @@ def _manifest_checksum(store: ShardStore) -> str:
     return hashlib.sha256(store.read_file("manifest.json").to_pybytes()).hexdigest()
 
 
-def _storage_path(path: str) -> str:
-    return path if "://" in path else str(Path(path).expanduser().resolve())
-
-
 def check_inputs(config: TrainConfig) -> tuple[ShardStore, int]:
     """Everything that can fail before any Ray work: the data and the starting points."""
     if not config.data:
@@ -350,6 +347,18 @@ def train(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    # Workers and Ray Data tasks do not share the driver's working folder:
+    # every local path crosses the Ray boundary absolute.
+    config = dataclasses.replace(
+        config,
+        data=canonical_uri(config.data) if config.data else config.data,
+        storage_path=canonical_uri(config.storage_path),
+        **{
+            name: canonical_uri(value)
+            for name in ("init_from", "resume_from")
+            if (value := getattr(config, name)) and os.path.exists(value)
+        },
+    )
     store, num_classes = check_inputs(config)
     uri = tracking.tracking_uri(config.tracking_uri)
     init_from = checkpoints.resolve(config.init_from, uri) if config.init_from else None
@@ -401,7 +410,7 @@ def train(
             ),
             run_config=RunConfig(
                 name=config.name,
-                storage_path=_storage_path(config.storage_path),
+                storage_path=config.storage_path,
                 failure_config=FailureConfig(max_failures=config.max_failures),
                 callbacks=callbacks,
                 checkpoint_config=CheckpointConfig(
