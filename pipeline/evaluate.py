@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.shards import ShardStore
+from pipeline.shards import ShardStore, canonical_uri
 
 # torch, vgg, MLflow and Ray load when a function needs them, so that
 # `from pipeline import evaluate` stays light (see pipeline/__init__.py).
@@ -840,6 +840,7 @@ def run_evaluation(
     data = config.data or next((m.data for m, _ in loaded if m.data), "")
     if not data:
         raise ConfigError("data must name a prepared dataset (no model records its training data)")
+    data = canonical_uri(data)  # the Ray tasks do not share this process's working folder
     split_rows, pieces = _check_data(data, config.split, [m for m, _ in loaded])
     models: list[EvaluatedModel] = []
     for model, _ in loaded:
@@ -1035,7 +1036,7 @@ def _log_rows(
 
 def _log(result: EvaluationResult, config: EvaluateConfig, uri: str) -> None:
     """Each net's rows on its own run; the whole table on an evaluation run when
-    there is an ensemble, several nets, or a net without a run."""
+    there is an ensemble, several nets, a net without a run, or a run name."""
     from pipeline import tracking
 
     for model in result.models:
@@ -1046,8 +1047,8 @@ def _log(result: EvaluationResult, config: EvaluateConfig, uri: str) -> None:
         ]
         _log_rows(model.run_id, own, result, config, uri, by_model=False)
         result.run_ids.append(model.run_id)
-    if len(result.models) == 1 and result.models[0].run_id is not None:
-        return
+    if len(result.models) == 1 and result.models[0].run_id is not None and not config.run_name:
+        return  # a named evaluation (a workflow's stage) gets its own run all the same
     run_id = tracking.start_run(
         result.name,
         config.experiment,
