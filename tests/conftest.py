@@ -20,7 +20,10 @@ def ray_local():
     # Tests must never join a cluster a developer happens to have exported.
     os.environ.pop("RAY_ADDRESS", None)
     if not ray.is_initialized():
+        # "local": a fresh instance even when a `ray start` head runs on this
+        # machine (the Jobs API test starts one), never that head.
         ray.init(
+            address="local",
             num_cpus=int(os.environ.get("VGGPIPE_TEST_RAY_CPUS", "2")),
             include_dashboard=False,
             log_to_driver=False,
