@@ -234,6 +234,8 @@ def _parse_value(text: str, annotation: Any, field_name: str) -> Any:
         hint = args[0]
     if optional and text.lower() in ("", "none", "null"):
         return None
+    if typing.get_origin(hint) is tuple:  # tuple[str, ...]: comma-separated, "" for none
+        return tuple(part.strip() for part in text.split(",") if part.strip())
     try:
         if hint is bool:
             if text.lower() in ("1", "true", "yes", "on"):
@@ -816,3 +818,234 @@ def tune_recipe(name: str, overrides: list[str] | None = None) -> TuneConfig:
     if name not in TUNE_RECIPES:
         raise ConfigError(f"unknown sweep recipe {name!r}; recipes are {', '.join(TUNE_RECIPES)}")
     return apply_tune_overrides(TUNE_RECIPES[name](), overrides or [])
+
+
+# ---------------------------------------------------------------------------
+# The whole recipe (pipeline.workflow)
+
+WORKFLOW_TRAIN_RECIPES = ("paper", "demo", "smoke")
+
+
+@dataclass(frozen=True)
+class WorkflowConfig:
+    """The paper's whole recipe as one run of stages (`pipeline.run`): the data,
+    which nets are trained from which, how each is evaluated, where it all goes.
+    Net names in the graph are CONFIG-S ("D-256", "D-384", "D-256-512"), with
+    "-random" for a net trained from random weights beside the same net from A."""
+
+    recipe: str = "custom"  # the named workflow recipe this config came from
+    # ILSVRC-2012 as users have it (folders or the official tars), or a prepared
+    # dataset (a preprocess output, with manifest.json): local path or pyarrow.fs URI
+    data: str = ""
+    # Shards, checkpoints and tables: a local folder, or shared storage (NFS path,
+    # s3://...) that every node of a cluster reaches at the same name
+    work_dir: str = "vggpipe-work"
+    run_name: str | None = None  # the MLflow parent run; None: "<recipe>-<digest of settings>"
+    experiment: str = "vggpipe"
+    tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else ./mlflow.db
+
+    # Preprocessing (pipeline.preprocess); ignored when `data` is already prepared
+    max_short_side: int = 512  # pixels: must cover the largest training and test scale
+    shard_rows: int = 1000
+    stats_images: int = 10_000
+
+    # The nets (PAPER.md section 2, Table 3). Net A is trained from random weights
+    # at base_scale; `from_a` nets start from it, `random_init` ones from random.
+    train_recipe: str = (
+        "paper"  # "paper": each net's paper-<config>-<S> recipe; else one base recipe
+    )
+    base_scale: int = 256  # S of net A and of the nets started from it
+    from_a: tuple[str, ...] = ("B", "C", "D", "E")
+    random_init: tuple[str, ...] = ("A-LRN",)
+    # Each of these is fine-tuned at large_scale from its base-scale net, then
+    # jittered in jitter_scale from the large-scale one (section 3.1)
+    scale_configs: tuple[str, ...] = ("C", "D", "E")
+    large_scale: int | None = 384  # None: no large-scale (nor jittered) nets
+    jitter_scale: str | None = "256:512"  # Smin:Smax; None: no jittered nets
+    base_epochs: int | None = None  # None: the training recipe's
+    finetune_epochs: int | None = None  # of the large-scale and jittered nets; None: the recipe's
+    # TrainConfig fields for every net: hardware (num_workers=16, use_gpu=true) or recipe
+    train_overrides: tuple[str, ...] = ()
+
+    # Evaluation (pipeline.evaluate) of every net, then of the ensemble
+    protocols: tuple[str, ...] = ("dense", "multi-crop", "dense+multi-crop")
+    scales: tuple[str, ...] = SCALE_SETS
+    scale_step: int = 32  # fixed S: multi-scale Q = S - step, S, S + step
+    ensemble: tuple[str, ...] = ("D-256-512", "E-256-512")  # net names; () for none
+    # EvaluateConfig fields for every evaluation: grid=5, limit=1000, workers=8, batch_size
+    eval_overrides: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in (
+            "from_a",
+            "random_init",
+            "scale_configs",
+            "train_overrides",
+            "protocols",
+            "scales",
+            "ensemble",
+            "eval_overrides",
+        ):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        for name in ("from_a", "random_init", "scale_configs"):
+            canonical = []
+            for config in getattr(self, name):
+                try:
+                    canonical.append(resolve_config(config))
+                except ValueError:
+                    raise ConfigError(
+                        f"{name} takes configs from {', '.join(CONFIGS)}; got {config!r}"
+                    ) from None
+            object.__setattr__(self, name, tuple(canonical))
+        _require(
+            self.train_recipe in WORKFLOW_TRAIN_RECIPES,
+            "train_recipe",
+            f"one of {', '.join(WORKFLOW_TRAIN_RECIPES)}",
+            self.train_recipe,
+        )
+        _require(
+            "A" not in self.from_a,
+            "from_a",
+            "deeper configs than A (A is their start)",
+            self.from_a,
+        )
+        trained = {"A", *self.from_a, *self.random_init}
+        _require(
+            all(c in trained for c in self.scale_configs),
+            "scale_configs",
+            "configs trained at base_scale (A, from_a, random_init): their base-scale net "
+            "is the start",
+            self.scale_configs,
+        )
+        _require(self.base_scale >= 32, "base_scale", ">= 32 pixels", self.base_scale)
+        if self.large_scale is not None:
+            _require(
+                self.large_scale > self.base_scale,
+                "large_scale",
+                f"> base_scale ({self.base_scale}) or None",
+                self.large_scale,
+            )
+        if self.jitter_scale is not None:
+            low, high = parse_train_scale(self.jitter_scale)
+            _require(
+                low < high and self.large_scale is not None,
+                "jitter_scale",
+                "Smin:Smax with Smin < Smax, with large_scale set (the jittered nets start "
+                "from the large-scale ones)",
+                self.jitter_scale,
+            )
+        _require(self.max_short_side >= 16, "max_short_side", ">= 16", self.max_short_side)
+        _require(self.shard_rows >= 1, "shard_rows", ">= 1", self.shard_rows)
+        _require(self.stats_images >= 1, "stats_images", ">= 1", self.stats_images)
+        for name in ("base_epochs", "finetune_epochs"):
+            value = getattr(self, name)
+            if value is not None:
+                _require(value >= 1, name, ">= 1 or None", value)
+        unknown = [p for p in self.protocols if p not in EVALUATION_PROTOCOLS]
+        _require(
+            bool(self.protocols) and not unknown,
+            "protocols",
+            f"one or more of {', '.join(EVALUATION_PROTOCOLS)}",
+            self.protocols,
+        )
+        for entry in self.scales:
+            parse_scale_set(entry)
+        _require(self.scale_step >= 1, "scale_step", ">= 1", self.scale_step)
+        _require(
+            len(self.ensemble) != 1, "ensemble", "two or more net names, or none", self.ensemble
+        )
+        # Overrides fail here, not hours later at the stage that uses them.
+        apply_overrides(TrainConfig(), list(self.train_overrides))
+        apply_overrides(EvaluateConfig(models=("x",)), list(self.eval_overrides))
+
+    @property
+    def jitter(self) -> tuple[int, int] | None:
+        return parse_train_scale(self.jitter_scale) if self.jitter_scale else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
+
+
+def _workflow_paper(**overrides: Any) -> WorkflowConfig:
+    """The paper: A and A-LRN from random, B-E from A at S = 256; C, D, E at 384
+    from 256 and jittered in [256; 512] from 384; the D + E ensemble."""
+    return WorkflowConfig(recipe="paper", **overrides)
+
+
+def _workflow_demo(**overrides: Any) -> WorkflowConfig:
+    """The paper's graph scaled to the demo digits and two CPU cores: the demo
+    recipe's narrow nets on 32-pixel crops, S = 36 for 256 (the paper's crop to
+    S ratio), 54 for 384 and [36; 72] for [256; 512]. Net D is trained from A and
+    also from random weights, then at S = 54 and jittered; all fit in ~10
+    minutes here (see README)."""
+    return WorkflowConfig(
+        recipe="demo",
+        train_recipe="demo",
+        max_short_side=80,
+        shard_rows=500,
+        base_scale=36,
+        from_a=("D",),
+        random_init=("D",),
+        scale_configs=("D",),
+        large_scale=54,
+        jitter_scale="36:72",
+        base_epochs=8,
+        finetune_epochs=2,
+        # The digits' 359 validation images make the per-epoch error noisy (a few
+        # points up and down): with the demo recipe's patience of one epoch, one
+        # noisy epoch cut D-from-A's lr twice by epoch 5 and stalled it.
+        # One worker with the whole CPU: two DDP workers on two cores run at 0.43x
+        # the images/s of one (benchmarks/scaling.py); data-parallel training is
+        # what the tests' multi-node runs and `vggpipe train --recipe demo` show.
+        train_overrides=("lr_patience=3", "num_workers=1", "cpus_per_worker=1"),
+        scale_step=4,
+        ensemble=("D-36", "D-36-72"),
+        eval_overrides=("grid=3",),
+        **overrides,
+    )
+
+
+def _workflow_smoke(**overrides: Any) -> WorkflowConfig:
+    """Every kind of stage on the smoke recipe's tiny nets (seconds of training
+    each): A, B from A, A at a larger S and jittered, their evaluation, an
+    ensemble and the tables. For tests and CI."""
+    return WorkflowConfig(
+        recipe="smoke",
+        train_recipe="smoke",
+        max_short_side=64,
+        shard_rows=500,
+        base_scale=36,
+        from_a=("B",),
+        random_init=(),
+        scale_configs=("A",),
+        large_scale=44,
+        jitter_scale="36:52",
+        base_epochs=1,
+        finetune_epochs=1,
+        protocols=("dense", "multi-crop"),
+        scales=("single",),
+        scale_step=4,
+        ensemble=("A-36", "B-36"),
+        eval_overrides=("grid=2", "limit=64"),
+        **overrides,
+    )
+
+
+WORKFLOW_RECIPES: dict[str, Callable[..., WorkflowConfig]] = {
+    "paper": _workflow_paper,
+    "demo": _workflow_demo,
+    "smoke": _workflow_smoke,
+}
+
+
+def workflow_recipe(name: str, overrides: list[str] | None = None) -> WorkflowConfig:
+    """The named workflow recipe's config with `key=value` overrides applied."""
+    if name not in WORKFLOW_RECIPES:
+        raise ConfigError(
+            f"unknown workflow recipe {name!r}; recipes are {', '.join(WORKFLOW_RECIPES)}"
+        )
+    return apply_overrides(WORKFLOW_RECIPES[name](), overrides or [])
