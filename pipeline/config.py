@@ -342,11 +342,16 @@ def _recipes() -> dict[str, Callable[..., TrainConfig]]:
 RECIPES = _recipes()
 
 
+def _named(recipes: dict[str, Callable[..., Any]], name: str, kind: str) -> Any:
+    """The config recipe `name` of `recipes` returns; an unknown name lists the known."""
+    if name not in recipes:
+        raise ConfigError(f"unknown {kind} {name!r}; recipes are {', '.join(recipes)}")
+    return recipes[name]()
+
+
 def recipe(name: str, overrides: list[str] | None = None) -> TrainConfig:
     """The named recipe's config with `key=value` overrides applied."""
-    if name not in RECIPES:
-        raise ConfigError(f"unknown recipe {name!r}; recipes are {', '.join(RECIPES)}")
-    return apply_overrides(RECIPES[name](), overrides or [])
+    return apply_overrides(_named(RECIPES, name, "recipe"), overrides or [])
 
 
 __all__ = [
@@ -815,9 +820,7 @@ TUNE_RECIPES: dict[str, Callable[..., TuneConfig]] = {
 
 def tune_recipe(name: str, overrides: list[str] | None = None) -> TuneConfig:
     """The named sweep recipe's config with `key=value` overrides applied."""
-    if name not in TUNE_RECIPES:
-        raise ConfigError(f"unknown sweep recipe {name!r}; recipes are {', '.join(TUNE_RECIPES)}")
-    return apply_tune_overrides(TUNE_RECIPES[name](), overrides or [])
+    return apply_tune_overrides(_named(TUNE_RECIPES, name, "sweep recipe"), overrides or [])
 
 
 # ---------------------------------------------------------------------------
@@ -993,8 +996,8 @@ def _workflow_demo(**overrides: Any) -> WorkflowConfig:
         scale_configs=("D",),
         large_scale=54,
         jitter_scale="36:72",
-        base_epochs=8,
-        finetune_epochs=2,
+        base_epochs=10,
+        finetune_epochs=4,
         # The digits' 359 validation images make the per-epoch error noisy (a few
         # points up and down): with the demo recipe's patience of one epoch, one
         # noisy epoch cut D-from-A's lr twice by epoch 5 and stalled it.
@@ -1044,8 +1047,4 @@ WORKFLOW_RECIPES: dict[str, Callable[..., WorkflowConfig]] = {
 
 def workflow_recipe(name: str, overrides: list[str] | None = None) -> WorkflowConfig:
     """The named workflow recipe's config with `key=value` overrides applied."""
-    if name not in WORKFLOW_RECIPES:
-        raise ConfigError(
-            f"unknown workflow recipe {name!r}; recipes are {', '.join(WORKFLOW_RECIPES)}"
-        )
-    return apply_overrides(WORKFLOW_RECIPES[name](), overrides or [])
+    return apply_overrides(_named(WORKFLOW_RECIPES, name, "workflow recipe"), overrides or [])

@@ -180,6 +180,8 @@ def log_model(
 
 def download_artifacts(run_id: str, path: str, uri: str | None = None) -> str:
     client(uri)
+    # MLflow draws a progress bar per download: noise for the small files read here.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     destination = tempfile.mkdtemp(prefix="vggpipe-artifacts-")
     return mlflow.artifacts.download_artifacts(
         run_id=run_id, artifact_path=path, dst_path=destination

@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -638,7 +639,6 @@ def run(
     """Run (or resume) the workflow `config` describes, or the named recipe with
     `key=value` overrides; see the module docstring. Stage failures do not stop
     the stages that do not need them; they are reported in the result."""
-    import ray
 
     if isinstance(config, str):
         config = workflow_recipe(config, overrides)
@@ -664,10 +664,8 @@ def run(
             "workflow/graph.json",
             uri,
         )
-        if not ray.is_initialized():
-            ray.init(address=address, log_to_driver=False)
         context = StageContext(work_dir, uri, config.experiment, parent)
-        _execute(stages, context, outcomes, outputs, echo)
+        _execute(stages, context, outcomes, outputs, echo, address)
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         tracking.end_run(parent, status, uri)
@@ -703,6 +701,7 @@ def _execute(
     outcomes: dict[str, StageOutcome],
     outputs: dict[str, dict],
     echo: Callable[[str], None],
+    address: str | None = None,
 ) -> None:
     """Launch every stage whose inputs are ready and whose resources fit; reuse
     finished ones; record each outcome. Ctrl-C cancels the running stages."""
@@ -710,7 +709,17 @@ def _execute(
 
     uri = context.tracking_uri
     remote_stage = ray.remote(num_cpus=0, max_retries=0)(execute_stage)
-    total = ray.cluster_resources()
+    total: dict[str, float] = {}
+
+    def cluster() -> dict[str, float]:
+        # Ray starts with the first stage to run: a rerun that reuses every
+        # stage never waits for it.
+        if not total:
+            if not ray.is_initialized():
+                ray.init(address=address, log_to_driver=False)
+            total.update(ray.cluster_resources())
+        return total
+
     pending = list(stages)
     running: dict[Any, tuple[Stage, str, float, dict[str, float]]] = {}
     used: dict[str, float] = {}
@@ -742,8 +751,8 @@ def _execute(
                         echo(f"  reused   {stage.key} (finished run {finished.info.run_id})")
                         launched = True
                         continue
-                    needs = _stage_resources(stage, total)
-                    if running and not _fits(needs, used, total):
+                    needs = _stage_resources(stage, cluster())
+                    if running and not _fits(needs, used, cluster()):
                         continue
                     run_id = tracking.start_run(
                         stage.run_name,
@@ -834,14 +843,15 @@ def summary_lines(result: WorkflowResult) -> list[str]:
     if result.tables:
         lines += ["", result.tables.rstrip()]
     lines.append("")
-    if result.tracking_uri.startswith("sqlite:///"):
-        lines.append(f"Browse the runs: mlflow ui --backend-store-uri {result.tracking_uri}")
-        base = "http://127.0.0.1:5000"
+    page = f"#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
+    if result.tracking_uri.startswith(("http://", "https://")):
+        lines.append(f"The runs: {result.tracking_uri.rstrip('/')}/{page}")
     else:
-        base = result.tracking_uri.rstrip("/")
-    lines.append(
-        f"  then open {base}/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}"
-    )
+        # The last line is the command, as a user copies it: the venv's mlflow,
+        # which a shell without the venv activated would not find by name.
+        mlflow = Path(sys.executable).with_name("mlflow")
+        lines.append(f"Open the runs in the MLflow UI (then http://127.0.0.1:5000/{page}):")
+        lines.append(f"  {mlflow} ui --backend-store-uri {result.tracking_uri}")
     return lines
 
 

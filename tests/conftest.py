@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from tests.ray_head import ray_head  # noqa: F401 (a fixture: a Ray head with the Jobs API)
+
 
 @pytest.fixture(scope="session")
 def ray_local():

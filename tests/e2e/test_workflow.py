@@ -1,6 +1,6 @@
 """The whole recipe as users run it: `vggpipe run --recipe smoke` against a real
 MLflow tracking server on loopback, killed mid-way, started again, then run a
-third time with everything finished."""
+third time, as a Ray job through the Jobs API, with everything finished."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ from pipeline import tracking
 from pipeline.config import workflow_recipe
 from pipeline.demo_data import make_demo_data
 from pipeline.workflow import DONE_TAG, FINGERPRINT_TAG, STAGE_KEY_TAG, plan, workflow_name
+from tests.ray_head import clean_env
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
 EXPERIMENT = "vggpipe"
 
 pytestmark = pytest.mark.slow
@@ -134,7 +136,7 @@ def test_killed_run_resumes_reusing_finished_stages_and_completes(smoke, killed_
     at_kill, resumed = killed_then_resumed
     assert "reused   preprocess" in resumed.stdout
     assert "reused   train/A-36" in resumed.stdout
-    assert "started  train/A-36" not in resumed.stdout
+    assert "started  train/A-36 (" not in resumed.stdout
     runs = _stage_runs(smoke["uri"])
     stages = plan(smoke["config"])
     assert set(runs) == {stage.key for stage in stages}
@@ -170,9 +172,20 @@ def test_stages_nest_under_one_parent_run_on_the_tracking_server(smoke, killed_t
     assert evaluation.data.metrics  # eval/<protocol>/Q<scales>/top1_error ...
 
 
-def test_running_again_reuses_every_stage(smoke, killed_then_resumed):
+def test_running_again_as_a_ray_job_reuses_every_stage(smoke, killed_then_resumed, ray_head):
+    """The third run goes the way of a cluster: `python -m jobs.run` submitted to
+    a Ray head through the Jobs API (`vggpipe submit run`), logs followed."""
     before = sum(len(runs) for runs in _stage_runs(smoke["uri"]).values())
-    again = _run(smoke, "again.log")
+    env = clean_env() | {"MLFLOW_TRACKING_URI": smoke["uri"]}
+    run_args = smoke["command"][2:-2]  # the same arguments, the head's Ray instead of "local"
+    again = subprocess.run(
+        [str(BIN / "vggpipe"), "submit", "run", "--address", ray_head, "--working-dir", str(REPO)]
+        + ["--", *run_args],
+        cwd=smoke["root"], env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    (smoke["root"] / "again.log").write_text(again.stdout + again.stderr)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert "succeeded" in again.stderr
     stages = plan(smoke["config"])
     assert f"0 stage(s) run, {len(stages)} reused" in again.stdout
     assert "started" not in again.stdout
