@@ -4,6 +4,7 @@ calls one `pipeline` function; errors users can fix exit non-zero with one line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,17 @@ class UserError(Exception):
 def subcommand(register: Callable[[argparse._SubParsersAction], None]):
     _SUBCOMMANDS.append(register)
     return register
+
+
+def _add_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+
+
+def _add_overrides(parser: argparse.ArgumentParser, flag: str, dest: str, help: str) -> None:
+    """A repeatable KEY=VALUE option collecting into `dest` (a config's --set)."""
+    parser.add_argument(
+        flag, dest=dest, action="append", default=[], metavar="KEY=VALUE", help=help
+    )
 
 
 @subcommand
@@ -70,18 +82,11 @@ def _add_workflow_arguments(parser: argparse.ArgumentParser, work_dir: str | Non
         ("--train-set", "train_overrides", "a training field of every net, e.g. num_workers=16"),
         ("--eval-set", "eval_overrides", "an evaluation field, e.g. workers=8 or limit=1000"),
     ):
-        parser.add_argument(
-            flag,
-            dest=dest,
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help=f"override {what} (repeatable)",
-        )
+        _add_overrides(parser, flag, dest, f"override {what} (repeatable)")
     parser.add_argument(
         "--plan", action="store_true", help="print the stages and which are finished; run nothing"
     )
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    _add_address(parser)
 
 
 def _workflow_config(recipe_name: str, args: argparse.Namespace, data: str):
@@ -97,8 +102,6 @@ def _workflow_config(recipe_name: str, args: argparse.Namespace, data: str):
         "train_overrides": (*config.train_overrides, *args.train_overrides),
         "eval_overrides": (*config.eval_overrides, *args.eval_overrides),
     }
-    import dataclasses
-
     return dataclasses.replace(config, **extra)  # validated here, before any Ray work
 
 
@@ -357,16 +360,14 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--recipe", required=True, help="named recipe (listed below)")
     parser.add_argument("--data", help="prepared dataset (the preprocess output); sets data=")
-    parser.add_argument(
+    _add_overrides(
+        parser,
         "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set lr=0.005 --set num_workers=8 (repeatable)",
+        "overrides",
+        "override a config field, e.g. --set lr=0.005 --set num_workers=8 (repeatable)",
     )
     parser.add_argument("--init-from", help="net A to copy from: MLflow run id or checkpoint path")
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    _add_address(parser)
     parser.set_defaults(func=_run_train)
 
 
@@ -466,7 +467,7 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--tracking-uri", help="MLflow store (default MLFLOW_TRACKING_URI, else ./mlflow.db)"
     )
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    _add_address(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run_evaluate)
 
@@ -525,16 +526,14 @@ def _register_tune(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--recipe", required=True, help="named sweep recipe (listed below)")
     parser.add_argument("--data", help="prepared dataset (the preprocess output); sets data=")
-    parser.add_argument(
+    _add_overrides(
+        parser,
         "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a sweep or training field, e.g. --set lrs=0.01,0.003 --set "
+        "overrides",
+        "override a sweep or training field, e.g. --set lrs=0.01,0.003 --set "
         "scales=256,256:512 --set grid.width=0.5,1 --set epochs=8 (repeatable)",
     )
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    _add_address(parser)
     parser.set_defaults(func=_run_tune)
 
 

@@ -15,7 +15,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from vgg.model import CONFIGS, INIT_SCHEMES, resolve_config
 
@@ -26,13 +26,27 @@ class ConfigError(ValueError):
     """A config value is out of its allowed range; the message names the field."""
 
 
+class _Serialised:
+    """Plain dicts across the Ray boundary, JSON for MLflow: one way for every config."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Self:
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
+
+
 def _require(condition: bool, field_name: str, allowed: str, value: Any) -> None:
     if not condition:
         raise ConfigError(f"{field_name} must be {allowed}; got {value!r}")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Serialised):
     """One training run of the paper's recipe (PAPER.md section 2)."""
 
     recipe: str = "custom"  # the named recipe this config came from
@@ -201,16 +215,6 @@ class TrainConfig:
     @property
     def name(self) -> str:
         return self.run_name or self.recipe
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        return cls(**values)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
 
 
 def flat_params(config: Any) -> dict[str, str]:
@@ -387,7 +391,7 @@ def parse_scale_set(text: str) -> str | tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(_Serialised):
     """One evaluation (`pipeline.evaluate`): which nets, which protocols, where."""
 
     # MLflow run ids, registered models (name/version, models:/name/version,
@@ -475,16 +479,6 @@ class EvaluateConfig:
         """`scales` parsed: "single", "multi" or a tuple of Q."""
         return tuple(parse_scale_set(entry) for entry in self.scales)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> EvaluateConfig:
-        return cls(**values)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
-
 
 # ---------------------------------------------------------------------------
 # Sweeps (pipeline.tune): a search space over training configs, Ray Tune, ASHA
@@ -527,7 +521,7 @@ def train_scale_label(scale: tuple[int, int]) -> str:
 
 
 @dataclass(frozen=True)
-class TuneConfig:
+class TuneConfig(_Serialised):
     """A Ray Tune sweep of training runs: a grid (or log-uniform samples) of
     learning rates, a grid of training scales S, and grids of any other
     TrainConfig field; ASHA stops poor trials early on validation top-1 error."""
@@ -657,16 +651,6 @@ class TuneConfig:
     @property
     def model_name(self) -> str:
         return self.registered_model or self.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TuneConfig:
-        return cls(**values)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
 
     def flat_params(self) -> dict[str, str]:
         """The sweep's settings, and the base training config as train.FIELD, as
@@ -830,7 +814,7 @@ WORKFLOW_TRAIN_RECIPES = ("paper", "demo", "smoke")
 
 
 @dataclass(frozen=True)
-class WorkflowConfig:
+class WorkflowConfig(_Serialised):
     """The paper's whole recipe as one run of stages (`pipeline.run`): the data,
     which nets are trained from which, how each is evaluated, where it all goes.
     Net names in the graph are CONFIG-S ("D-256", "D-384", "D-256-512"), with
@@ -965,12 +949,6 @@ class WorkflowConfig:
     @property
     def jitter(self) -> tuple[int, int] | None:
         return parse_train_scale(self.jitter_scale) if self.jitter_scale else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
 
 
 def _workflow_paper(**overrides: Any) -> WorkflowConfig:

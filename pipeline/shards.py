@@ -313,6 +313,10 @@ class ShardStore:
     def has_manifest(self) -> bool:
         return self.exists(MANIFEST_NAME)
 
+    def manifest_sha256(self) -> str:
+        """The manifest file's sha256: names this exact dataset in MLflow and fingerprints."""
+        return hashlib.sha256(self.read_file(MANIFEST_NAME).to_pybytes()).hexdigest()
+
     def write_manifest(self, manifest: Manifest) -> None:
         self.write_file(MANIFEST_NAME, manifest.to_json().encode())
 

@@ -15,7 +15,6 @@ resumes the same Ray Train run and the same MLflow run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
 import tempfile
@@ -318,10 +317,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
 # The driver
 
 
-def _manifest_checksum(store: ShardStore) -> str:
-    return hashlib.sha256(store.read_file("manifest.json").to_pybytes()).hexdigest()
-
-
 def check_inputs(config: TrainConfig) -> tuple[ShardStore, int]:
     """Everything that can fail before any Ray work: the data and the starting points."""
     if not config.data:
@@ -374,7 +369,7 @@ def train(
     tags = {
         tracking.STAGE_TAG: "train",
         tracking.RECIPE_TAG: config.recipe,
-        tracking.DATASET_TAG: _manifest_checksum(store),
+        tracking.DATASET_TAG: store.manifest_sha256(),
         "vggpipe.config": config.config,
         "vggpipe.train_scale": str(config.train_scale),
     }

@@ -239,8 +239,7 @@ def plan(config: WorkflowConfig) -> list[Stage]:
         raise ConfigError("data must name ILSVRC-2012 (folders or tars) or a prepared dataset")
     data = canonical_uri(config.data)
     if _is_prepared(data):
-        manifest = ShardStore(data).read_file("manifest.json").to_pybytes()
-        prepare = {"prepared": data, "manifest_sha256": hashlib.sha256(manifest).hexdigest()}
+        prepare = {"prepared": data, "manifest_sha256": ShardStore(data).manifest_sha256()}
     else:
         if "://" not in data and not os.path.exists(data):
             raise FileNotFoundError(f"data {config.data!r} does not exist")
@@ -353,8 +352,7 @@ def _run_preprocess(stage: Stage, run_id: str, inputs: Mapping, context: StageCo
         uri=context.tracking_uri,
     )
     tracking.log_text(run_id, summary.report(), "preprocess/summary.txt", context.tracking_uri)
-    checksum = hashlib.sha256(store.read_file("manifest.json").to_pybytes()).hexdigest()
-    return {"data": output, "manifest_sha256": checksum}
+    return {"data": output, "manifest_sha256": store.manifest_sha256()}
 
 
 def _run_train(stage: Stage, run_id: str, inputs: Mapping, context: StageContext) -> dict:
@@ -721,6 +719,7 @@ def _execute(
         return total
 
     pending = list(stages)
+    looked_up: set[str] = set()  # stages already searched for in MLflow
     running: dict[Any, tuple[Stage, str, float, dict[str, float]]] = {}
     used: dict[str, float] = {}
     last_heartbeat = time.monotonic()
@@ -741,7 +740,12 @@ def _execute(
                         continue
                     if any(n not in outputs for n in stage.needs):
                         continue
-                    finished = finished_stage(stage, context.experiment, uri)
+                    # Asked once, when its inputs are ready: a stage waiting for
+                    # resources is not searched for again every few seconds.
+                    finished = None
+                    if stage.key not in looked_up:
+                        looked_up.add(stage.key)
+                        finished = finished_stage(stage, context.experiment, uri)
                     if finished is not None:
                         outputs[stage.key] = _outputs_of(finished, uri)
                         outcomes[stage.key] = StageOutcome(
