@@ -575,11 +575,16 @@ def _run_shards(
             results.append(item)
             rejected += len(item.rejected)
             if rejected > allowed:
-                for running in pending:
-                    ray.cancel(running)
-                _raise_too_many_rejected(rejected, total_images, config, plan, results)
+                # Start nothing more, but let the shards in flight finish: a
+                # rerun reuses them. Not ray.cancel: cancelling a streaming
+                # generator task as it completes trips a check in Ray 2.60's
+                # task manager that ends the driver process (seen in CI:
+                # "Tried to complete task that was not pending").
+                todo.clear()
     finally:
         bar.close()
+    if rejected > allowed:
+        _raise_too_many_rejected(rejected, total_images, config, plan, results)
     results.sort(key=lambda result: result.info.path)
     return results
 
