@@ -7,6 +7,10 @@ import os
 
 import pytest
 
+# What `import pipeline` sets (see pipeline/__init__.py), for test modules that
+# import mlflow before pipeline.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 from tests.ray_head import ray_head  # noqa: F401 (a fixture: a Ray head with the Jobs API)
 
 
