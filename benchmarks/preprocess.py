@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline.preprocess import ImageRejected, process_image, resize, shrunk_size
+from pipeline.preprocess.run import ImageRejected, process_image, resize, shrunk_size
 from pipeline.sources import list_images, open_source
 
 

@@ -25,10 +25,10 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
 
     import ray
 
-    from pipeline.config import recipe
     from pipeline.demo_data import make_demo_data
-    from pipeline.preprocess import preprocess
-    from pipeline.train import train
+    from pipeline.preprocess.run import preprocess
+    from pipeline.recipes import recipe
+    from pipeline.train.driver import train
 
     work = Path(tempfile.mkdtemp(prefix="vggpipe-scaling-"))
     if not ray.is_initialized():

@@ -1,11 +1,14 @@
-"""The VGG paper at scale: each pipeline stage is a plain function.
+"""The VGG paper at scale: each pipeline stage is a package with one plain function.
 
-`pipeline.preprocess`, `pipeline.train`, `pipeline.evaluate` and
-`pipeline.tune` each name both a module and the function it exports;
-`pipeline.run` is the whole recipe (`pipeline.workflow.run`). The functions are bound here eagerly, after the modules
-are imported, so that `from pipeline import preprocess` always gives the
-function. `train` brings torch and Ray Data with it (about two seconds); the
-others load theirs only when a stage runs.
+    from pipeline.preprocess import preprocess
+    from pipeline.train import train
+    from pipeline.evaluation import evaluate
+    from pipeline.tune import tune
+    from pipeline.workflow import run
+
+`import pipeline` is light: it loads neither torch nor Ray nor MLflow, and each
+stage package loads its own heavy imports only when its function is first
+looked up, so `vggpipe --help` and a config error answer at once.
 """
 
 import os
@@ -16,11 +19,3 @@ import os
 # os.environ, and the MLflow call fails with KeyError: '_MLFLOW_TELEMETRY_SESSION_ID'
 # (seen in this project's test run). Off unless the user set it themselves.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-from pipeline.evaluate import evaluate  # noqa: E402 (after the setting above)
-from pipeline.preprocess import preprocess  # noqa: E402
-from pipeline.train import train  # noqa: E402
-from pipeline.tune import tune  # noqa: E402
-from pipeline.workflow import run  # noqa: E402
-
-__all__ = ["evaluate", "preprocess", "run", "train", "tune"]

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.config import TrainConfig
+from pipeline.train.config import TrainConfig
 from vgg import VGG, build_vgg
 
 MODEL_FILE = "model.safetensors"

@@ -36,7 +36,7 @@ def _add_overrides(parser: argparse.ArgumentParser, flag: str, dest: str, help: 
 
 @subcommand
 def _register_run(subparsers: argparse._SubParsersAction) -> None:
-    from pipeline.config import WORKFLOW_RECIPES
+    from pipeline.recipes import WORKFLOW_RECIPES
 
     parser = subparsers.add_parser(
         "run",
@@ -90,7 +90,7 @@ def _add_workflow_arguments(parser: argparse.ArgumentParser, work_dir: str | Non
 
 
 def _workflow_config(recipe_name: str, args: argparse.Namespace, data: str):
-    from pipeline.config import workflow_recipe
+    from pipeline.recipes import workflow_recipe
 
     overrides = [f"data={data}", *args.overrides]
     if args.work_dir:
@@ -107,7 +107,7 @@ def _workflow_config(recipe_name: str, args: argparse.Namespace, data: str):
 
 def _print_plan(config) -> int:
     from pipeline import tracking
-    from pipeline.workflow import finished_stage, plan
+    from pipeline.workflow.driver import finished_stage, plan
 
     uri = tracking.tracking_uri(config.tracking_uri)
     for stage in plan(config):
@@ -119,7 +119,7 @@ def _print_plan(config) -> int:
 
 
 def _execute_workflow(config, args: argparse.Namespace) -> int:
-    from pipeline.workflow import run, summary_lines
+    from pipeline.workflow.driver import run, summary_lines
 
     if args.plan:
         return _print_plan(config)
@@ -169,7 +169,7 @@ def _register_submit(subparsers: argparse._SubParsersAction) -> None:
 
 @subcommand
 def _register_preprocess(subparsers: argparse._SubParsersAction) -> None:
-    from pipeline.preprocess import PreprocessConfig
+    from pipeline.preprocess.run import PreprocessConfig
 
     defaults = PreprocessConfig()
     parser = subparsers.add_parser(
@@ -233,7 +233,7 @@ def _register_preprocess(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_preprocess(args: argparse.Namespace) -> int:
-    from pipeline.preprocess import preprocess
+    from pipeline.preprocess.run import preprocess
 
     summary = preprocess(
         args.source,
@@ -347,7 +347,7 @@ def _run_demo_data(args: argparse.Namespace) -> int:
 
 @subcommand
 def _register_train(subparsers: argparse._SubParsersAction) -> None:
-    from pipeline.config import RECIPES
+    from pipeline.recipes import RECIPES
 
     parser = subparsers.add_parser(
         "train",
@@ -372,7 +372,7 @@ def _register_train(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train_config(args: argparse.Namespace):
-    from pipeline.config import recipe
+    from pipeline.recipes import recipe
 
     overrides = list(args.overrides)
     if args.data:
@@ -384,7 +384,7 @@ def _train_config(args: argparse.Namespace):
 
 def _run_train(args: argparse.Namespace) -> int:
     from pipeline import tracking
-    from pipeline.train import summary_lines, train
+    from pipeline.train.driver import summary_lines, train
 
     config = _train_config(args)  # validated here, before any Ray work
     result = train(config, address=args.address)
@@ -394,7 +394,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 @subcommand
 def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
-    from pipeline.config import EVALUATION_PROTOCOLS, EvaluateConfig
+    from pipeline.evaluation.config import EVALUATION_PROTOCOLS, EvaluateConfig
 
     defaults = EvaluateConfig(models=("-",))
     parser = subparsers.add_parser(
@@ -473,8 +473,8 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.config import SCALE_SETS, EvaluateConfig
-    from pipeline.evaluate import run_evaluation
+    from pipeline.evaluation.config import SCALE_SETS, EvaluateConfig
+    from pipeline.evaluation.driver import run_evaluation
 
     config = EvaluateConfig(  # validated here, before any Ray work
         models=tuple(args.models),
@@ -505,7 +505,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 @subcommand
 def _register_tune(subparsers: argparse._SubParsersAction) -> None:
-    from pipeline.config import TUNE_RECIPES
+    from pipeline.recipes import TUNE_RECIPES
 
     parser = subparsers.add_parser(
         "tune",
@@ -538,8 +538,8 @@ def _register_tune(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_tune(args: argparse.Namespace) -> int:
-    from pipeline.config import tune_recipe
-    from pipeline.tune import summary_lines, tune
+    from pipeline.recipes import tune_recipe
+    from pipeline.tune.driver import summary_lines, tune
 
     overrides = list(args.overrides)
     if args.data:

@@ -45,7 +45,7 @@ def demo_shards(tmp_path_factory, ray_local) -> str:
     session into shards of 500 rows with short sides up to 128: several shards
     and record batches per split, so ingest tests see real boundaries."""
     from pipeline.demo_data import make_demo_data
-    from pipeline.preprocess import preprocess
+    from pipeline.preprocess.run import preprocess
 
     root = tmp_path_factory.mktemp("demo")
     make_demo_data(root / "source")

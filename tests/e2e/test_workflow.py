@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from pipeline import tracking
-from pipeline.config import workflow_recipe
 from pipeline.demo_data import make_demo_data
-from pipeline.workflow import DONE_TAG, FINGERPRINT_TAG, STAGE_KEY_TAG, plan, workflow_name
+from pipeline.recipes import workflow_recipe
+from pipeline.workflow.driver import DONE_TAG, FINGERPRINT_TAG, STAGE_KEY_TAG, plan, workflow_name
 from tests.ray_head import clean_env
 
 BIN = Path(sys.executable).parent

@@ -16,9 +16,10 @@ import torchvision
 
 from pipeline import checkpoints, tracking
 from pipeline.cli import main
-from pipeline.config import flat_params, recipe
-from pipeline.evaluate import evaluate, load_model
+from pipeline.config import flat_params
+from pipeline.evaluation.driver import evaluate, load_model
 from pipeline.ingest import pixel_statistics, record_batch_pieces
+from pipeline.recipes import recipe
 from pipeline.shards import ShardStore
 from vgg import to_fully_convolutional
 from vgg.evaluation import crop_posteriors, dense_posteriors

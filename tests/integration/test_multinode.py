@@ -16,8 +16,8 @@ DRIVER = textwrap.dedent(
     import json, sys
     import ray
     from ray.cluster_utils import Cluster
-    from pipeline.config import recipe
-    from pipeline.train import train
+    from pipeline.recipes import recipe
+    from pipeline.train.driver import train
 
     data, root = sys.argv[1], sys.argv[2]
     # 2 CPUs a node and 1.5 a worker: only one worker fits on each node, while

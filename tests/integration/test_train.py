@@ -17,8 +17,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline import checkpoints, tracking
-from pipeline.config import flat_params, recipe
-from pipeline.train import train
+from pipeline.config import flat_params
+from pipeline.recipes import recipe
+from pipeline.train.driver import train
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,9 @@ from pathlib import Path
 import pytest
 
 from pipeline import tracking
-from pipeline.config import TuneConfig, tune_recipe
-from pipeline.tune import BEST_TAG, OUTCOME_TAG, STOPPED_EARLY, TuneResult, tune
+from pipeline.recipes import tune_recipe
+from pipeline.tune.config import TuneConfig
+from pipeline.tune.driver import BEST_TAG, OUTCOME_TAG, STOPPED_EARLY, TuneResult, tune
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1500)]
 

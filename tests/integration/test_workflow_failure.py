@@ -9,8 +9,8 @@ import shutil
 import pytest
 
 from pipeline import tracking
-from pipeline.config import workflow_recipe
-from pipeline.workflow import run, summary_lines
+from pipeline.recipes import workflow_recipe
+from pipeline.workflow.driver import run, summary_lines
 
 
 @pytest.mark.ray

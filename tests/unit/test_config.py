@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import RECIPES, ConfigError, TrainConfig, apply_overrides, flat_params, recipe
-from pipeline.train import PlateauSchedule
+from pipeline.config import ConfigError, apply_overrides, flat_params
+from pipeline.recipes import RECIPES, recipe
+from pipeline.train.config import TrainConfig
+from pipeline.train.driver import PlateauSchedule
 
 VGGPIPE = str(Path(sys.executable).with_name("vggpipe"))
 

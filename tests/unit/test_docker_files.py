@@ -565,7 +565,8 @@ def test_rayjob_cluster():
 
 def test_rayjob_entrypoint_runs_the_workflow():
     from pipeline.cli import build_parser
-    from pipeline.config import RECIPES, apply_overrides
+    from pipeline.config import apply_overrides
+    from pipeline.recipes import RECIPES
 
     words = entrypoint_words(ray_job(rayjob_documents()))
     assert words[:3] == ["python", "-m", "jobs.run"]

@@ -8,8 +8,9 @@ import re
 
 import pytest
 
-from pipeline.config import ConfigError, EvaluateConfig
-from pipeline.evaluate import (
+from pipeline.config import ConfigError
+from pipeline.evaluation.config import EvaluateConfig
+from pipeline.evaluation.driver import (
     EvaluatedModel,
     TableRow,
     csv_table,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.preprocess import (
+from pipeline.preprocess.run import (
     ImageRejected,
     PreprocessConfig,
     process_image,

@@ -8,7 +8,7 @@ import pyarrow.compute as pc
 import pytest
 
 from pipeline.demo_data import make_demo_data
-from pipeline.preprocess import PreprocessConfig, _make_plan
+from pipeline.preprocess.run import PreprocessConfig, _make_plan
 from pipeline.shards import ShardStore
 from pipeline.sources import SourceError, list_images, open_source
 

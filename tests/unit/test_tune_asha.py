@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pyarrow.fs
 from ray.tune.schedulers import TrialScheduler
 
-from pipeline.tune import EPOCHS_DONE, VAL_METRIC, _resumable_asha
+from pipeline.tune.driver import EPOCHS_DONE, VAL_METRIC, _resumable_asha
 
 
 def _scheduler(epochs: int = 3):

@@ -9,17 +9,11 @@ import json
 
 import pytest
 
-from pipeline.config import (
-    TUNE_RECIPES,
-    ConfigError,
-    TrainConfig,
-    TuneConfig,
-    apply_tune_overrides,
-    parse_train_scale,
-    train_scale_label,
-    tune_recipe,
-)
-from pipeline.tune import (
+from pipeline.config import ConfigError, parse_train_scale, train_scale_label
+from pipeline.recipes import TUNE_RECIPES, tune_recipe
+from pipeline.train.config import TrainConfig
+from pipeline.tune.config import TuneConfig, apply_tune_overrides
+from pipeline.tune.driver import (
     concurrent_trials,
     expected_trials,
     search_space,

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from pipeline.tune import (
+from pipeline.tune.driver import (
     FAILED,
     FINISHED,
     STOPPED_EARLY,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import ConfigError, workflow_recipe
-from pipeline.workflow import (
+from pipeline.config import ConfigError
+from pipeline.recipes import workflow_recipe
+from pipeline.workflow.driver import (
     _fits,
     _stage_resources,
     combined_tables,

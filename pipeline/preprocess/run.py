@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.preprocess.config import PreprocessConfig
 from pipeline.shards import (
     SPLITS,
     ClassEntry,
@@ -55,42 +56,6 @@ from pipeline.stats import PixelMoments, colour_statistics, image_moments
 # Shard tasks report progress every this many images: often enough for a smooth
 # bar, rarely enough that the reports cost nothing next to decoding.
 PROGRESS_EVERY = 16
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    max_short_side: int = 512  # pixels: the shorter side is shrunk to at most this, never enlarged
-    jpeg_quality: int = 90  # Pillow JPEG quality for re-encoded images
-    shard_rows: int = 1000  # most rows per shard; a split's shards differ by at most one row
-    seed: int = 0  # fixes the order of rows across shards
-    # Fraction of the source's images that may be rejected (undecodable or
-    # unlabelled) before the run fails; ImageNet itself has none that are.
-    max_rejected_fraction: float = 0.01
-    # Training images sampled for the colour statistics: at this size the
-    # standard error of a channel mean is well under one grey level.
-    stats_images: int = 10_000
-
-    def __post_init__(self) -> None:
-        if not 16 <= self.max_short_side <= 65_535:
-            raise ValueError(f"max_short_side must be 16-65535 pixels, not {self.max_short_side}")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be 1-100, not {self.jpeg_quality}")
-        if self.shard_rows < 1:
-            raise ValueError(f"shard_rows must be at least 1, not {self.shard_rows}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be 0 or more, not {self.seed}")
-        if not 0 <= self.max_rejected_fraction <= 1:
-            raise ValueError(
-                f"max_rejected_fraction must be between 0 and 1, not {self.max_rejected_fraction}"
-            )
-        if self.stats_images < 1:
-            raise ValueError(f"stats_images must be at least 1, not {self.stats_images}")
-
-    def shaping(self) -> dict[str, int]:
-        """The parameters that shape the output: a rerun with the same ones does nothing."""
-        params = asdict(self)
-        del params["max_rejected_fraction"]
-        return params
 
 
 # One image

@@ -51,7 +51,7 @@ from pipeline.shards import ShardStore, canonical_uri
 if TYPE_CHECKING:
     import torch
 
-    from pipeline.config import EvaluateConfig
+    from pipeline.evaluation.config import EvaluateConfig
     from vgg.evaluation import Architecture
     from vgg.transforms import PixelStatistics
 
@@ -745,7 +745,7 @@ def evaluate(
     also the average of all the nets' posteriors. Other `settings` are
     `EvaluateConfig` fields (split, grid, batch_size, workers, use_gpu,
     tracking_uri, run_name ...). Protocols and scale sets default to all."""
-    from pipeline.config import EVALUATION_PROTOCOLS, SCALE_SETS, EvaluateConfig
+    from pipeline.evaluation.config import EVALUATION_PROTOCOLS, SCALE_SETS, EvaluateConfig
 
     config = EvaluateConfig(
         models=(models,) if isinstance(models, str) else tuple(models),

@@ -34,18 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import tracking
-from pipeline.config import (
-    ConfigError,
-    EvaluateConfig,
-    TrainConfig,
-    WorkflowConfig,
-    apply_overrides,
-    flat_params,
-    recipe,
-    train_scale_label,
-    workflow_recipe,
-)
+from pipeline.config import ConfigError, apply_overrides, flat_params, train_scale_label
+from pipeline.evaluation.config import EvaluateConfig
+from pipeline.recipes import recipe, workflow_recipe
 from pipeline.shards import ShardStore, canonical_uri
+from pipeline.train.config import TrainConfig
+from pipeline.workflow.config import WorkflowConfig
 
 WORKFLOW_STAGE = "workflow"
 FINGERPRINT_TAG = "vggpipe.workflow.fingerprint"
@@ -325,7 +319,7 @@ class StageContext:
 
 
 def _run_preprocess(stage: Stage, run_id: str, inputs: Mapping, context: StageContext) -> dict:
-    from pipeline.preprocess import preprocess
+    from pipeline.preprocess.run import preprocess
 
     spec = stage.spec
     if "prepared" in spec:
@@ -356,7 +350,7 @@ def _run_preprocess(stage: Stage, run_id: str, inputs: Mapping, context: StageCo
 
 
 def _run_train(stage: Stage, run_id: str, inputs: Mapping, context: StageContext) -> dict:
-    from pipeline.train import train
+    from pipeline.train.driver import train
 
     net = Net(**{**stage.spec["net"], "scale": tuple(stage.spec["net"]["scale"])})
     start = {}
@@ -383,7 +377,7 @@ def _run_train(stage: Stage, run_id: str, inputs: Mapping, context: StageContext
 
 
 def _run_evaluate(stage: Stage, run_id: str, inputs: Mapping, context: StageContext) -> dict:
-    from pipeline.evaluate import run_evaluation
+    from pipeline.evaluation.driver import run_evaluation
 
     if "://" in context.work_dir:
         output = tempfile.mkdtemp(prefix="vggpipe-evaluation-")  # the tables go to MLflow too

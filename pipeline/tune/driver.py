@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipeline.config import TrainConfig, TuneConfig
+    from pipeline.train.config import TrainConfig
+    from pipeline.tune.config import TuneConfig
 
 # `pipeline/__init__.py` binds `tune` when `pipeline` is imported, and that must
 # stay light: pipeline.config (torch), pipeline.tracking (MLflow) and Ray are
@@ -168,8 +169,8 @@ def run_trial(
     import ray.tune
 
     from pipeline import tracking
-    from pipeline.config import TrainConfig
-    from pipeline.train import train
+    from pipeline.train.config import TrainConfig
+    from pipeline.train.driver import train
 
     trial_id = ray.tune.get_context().get_trial_id()
     config = trial_config(
@@ -318,7 +319,7 @@ def tune(config: TuneConfig, *, address: str | None = None) -> TuneResult:
     from ray.tune.search import BasicVariantGenerator
 
     from pipeline import tracking
-    from pipeline.train import check_inputs
+    from pipeline.train.driver import check_inputs
 
     config = _absolute(config)
     base = config.train

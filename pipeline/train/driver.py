@@ -29,8 +29,9 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline import checkpoints, ingest, tracking
-from pipeline.config import ConfigError, TrainConfig, flat_params
+from pipeline.config import ConfigError, flat_params
 from pipeline.shards import ShardStore, canonical_uri
+from pipeline.train.config import TrainConfig
 from vgg import init_from_shallower
 from vgg.transforms import prepare_training_batch, to_model_input
 
