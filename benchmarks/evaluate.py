@@ -1,6 +1,6 @@
 """Dense evaluation: images of equal rescaled size batched together (what
-`pipeline.evaluate` does, `vgg.evaluation.SizeBuckets`) against one image at
-a time, on the same images, same net, alternating in one run.
+`pipeline.evaluation.worker` does, `vgg.evaluation.SizeBuckets`) against one
+image at a time, on the same images, same net, alternating in one run.
 
 Each image (with its flipped copy, as the protocol wants) goes through the
 fully convolutional net and its posteriors are kept; the two ways must agree,

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
     from pipeline.demo_data import make_demo_data
     from pipeline.preprocess.run import preprocess
     from pipeline.recipes import recipe
-    from pipeline.train.driver import train
+    from pipeline.train import train
 
     work = Path(tempfile.mkdtemp(prefix="vggpipe-scaling-"))
     if not ray.is_initialized():

@@ -3,7 +3,8 @@
 Ray has no Arrow IPC reader, so `ShardRowsDatasource` reads row ranges of the
 shards through Ray Data's datasource API; decoding and cropping run as Ray
 Data tasks on whatever CPUs the cluster has, and each training worker receives
-uint8 crops to finish on its own device (`vgg.transforms.prepare_training_batch`).
+uint8 crops to finish on its own device. What is drawn, decoded and finished
+is `vgg.transforms.TrainingAugmentation`, passed through here as one object.
 
 Why each worker builds its own epoch dataset instead of taking a split of one
 shared dataset (`ray.train.get_dataset_shard`): Ray Data's streaming split hands
@@ -31,17 +32,12 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from pipeline.shards import SHARD_BATCH_ROWS, ShardInfo, ShardStore
 from vgg.transforms import (
-    CropBox,
     PixelStatistics,
+    TrainingAugmentation,
     center_crop_box,
     decode_crop,
-    decode_crops_on_device,
     decode_rescaled,
-    multi_crop,
-    random_crop_box,
 )
-
-Scale = int | tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -112,7 +108,7 @@ def _group(pieces: list[Piece], rows_per_task: int) -> list[list[Piece]]:
 class ShardRowsDatasource(Datasource):
     """A Ray Data datasource over chosen row ranges of the shards: one read task
     per group of pieces, in the given order. For training it also draws each
-    row's crop (scale, offsets, flip) from a seeded generator per task, so the
+    row's crop (`augmentation.draw`) from a seeded generator per task, so the
     augmentation repeats for a seed whatever Ray's batching and scheduling do."""
 
     def __init__(
@@ -120,14 +116,14 @@ class ShardRowsDatasource(Datasource):
         dataset_uri: str,
         tasks: list[list[Piece]],
         *,
-        crop: tuple[Scale, int] | None = None,
+        augmentation: TrainingAugmentation | None = None,
         seed_words: tuple[int, ...] = (0,),
         shuffle: bool = False,
     ) -> None:
         super().__init__()
         self.dataset_uri = dataset_uri
         self.tasks = tasks
-        self.crop = crop
+        self.augmentation = augmentation
         self.seed_words = seed_words
         self.shuffle = shuffle
 
@@ -167,37 +163,20 @@ class ShardRowsDatasource(Datasource):
         rng = _rng(*self.seed_words, index)
         if self.shuffle:
             table = table.take(rng.permutation(table.num_rows))
-        if self.crop is not None:
-            scale, crop_size = self.crop
-            heights, widths = table["height"].to_numpy(), table["width"].to_numpy()
-            boxes = [
-                random_crop_box(h, w, scale, crop_size, rng)
-                for h, w in zip(heights, widths, strict=True)
-            ]
-            table = (
-                table.append_column("scale", pa.array([b.scale for b in boxes], pa.int32()))
-                .append_column("top", pa.array([b.top for b in boxes], pa.int32()))
-                .append_column("left", pa.array([b.left for b in boxes], pa.int32()))
-                .append_column("flip", pa.array([b.flip for b in boxes], pa.bool_()))
+        if self.augmentation is not None:
+            boxes = self.augmentation.draw(
+                table["height"].to_numpy(), table["width"].to_numpy(), rng
             )
+            for name, column in self.augmentation.encode(boxes).items():
+                table = table.append_column(name, pa.array(column))
         return table
 
 
-def _boxes(batch: dict[str, np.ndarray], crop_size: int) -> list[CropBox]:
-    return [
-        CropBox(int(s), int(t), int(left), crop_size, bool(f))
-        for s, t, left, f in zip(
-            batch["scale"], batch["top"], batch["left"], batch["flip"], strict=True
-        )
-    ]
-
-
-def decode_training_crops(batch: dict[str, np.ndarray], crop_size: int) -> dict[str, np.ndarray]:
+def decode_training_crops(
+    batch: dict[str, np.ndarray], augmentation: TrainingAugmentation
+) -> dict[str, np.ndarray]:
     """Ray Data map: JPEG bytes and drawn boxes to uint8 crops (N, crop, crop, 3)."""
-    boxes = _boxes(batch, crop_size)
-    images = np.stack(
-        [decode_crop(data, box) for data, box in zip(batch["image"], boxes, strict=True)]
-    )
+    images = augmentation.decode(batch["image"], augmentation.decode_boxes(batch))
     return {"image": images, "label": batch["label"].astype(np.int64), "key": batch["key"]}
 
 
@@ -207,8 +186,7 @@ def training_dataset(
     epoch: int,
     rank: int,
     world_size: int,
-    scale: Scale,
-    crop_size: int = 224,
+    augmentation: TrainingAugmentation,
     seed: int = 0,
     decode: bool = True,
     rows_per_task: int = 512,
@@ -229,7 +207,7 @@ def training_dataset(
     source = ShardRowsDatasource(
         dataset_uri,
         _group(pieces, rows_per_task),
-        crop=(scale, crop_size),
+        augmentation=augmentation,
         seed_words=(seed, epoch, rank),
         shuffle=True,
     )
@@ -245,7 +223,7 @@ def training_dataset(
         return dataset
     return dataset.map_batches(
         decode_training_crops,
-        fn_kwargs={"crop_size": crop_size},
+        fn_kwargs={"augmentation": augmentation},
         batch_size=decode_batch_rows,
         batch_format="numpy",
         num_cpus=cpus_per_task,
@@ -275,9 +253,8 @@ def training_batches(
     epoch: int,
     rank: int,
     world_size: int,
-    scale: Scale,
+    augmentation: TrainingAugmentation,
     batch_size: int,
-    crop_size: int = 224,
     seed: int = 0,
     decode_on: str = "cpu",
     device: torch.device | str = "cpu",
@@ -297,8 +274,7 @@ def training_batches(
         epoch=epoch,
         rank=rank,
         world_size=world_size,
-        scale=scale,
-        crop_size=crop_size,
+        augmentation=augmentation,
         seed=seed,
         decode=decode_on == "cpu",
         cpus_per_task=cpus_per_task,
@@ -319,7 +295,9 @@ def training_batches(
         prefetch_batches=prefetch_batches,
     ):
         yield {
-            "image": decode_crops_on_device(list(batch["image"]), _boxes(batch, crop_size), device),
+            "image": augmentation.decode_on_device(
+                batch["image"], augmentation.decode_boxes(batch), device
+            ),
             "label": torch.tensor(batch["label"], dtype=torch.int64, device=device),
             "key": batch["key"].tolist(),
         }
@@ -340,13 +318,13 @@ def pixel_statistics(dataset_uri: str) -> PixelStatistics:
 
 
 # ---------------------------------------------------------------------------
-# Evaluation: whole images at a test scale, or the multi-crop views.
+# Evaluation: whole images at a test scale, or their centre crops.
 
-EVALUATION_VIEWS = ("centre", "dense", "multi-crop")
+EVALUATION_VIEWS = ("centre", "dense")
 
 
 def _evaluation_views(
-    batch: dict[str, np.ndarray], scale: int, view: str, crop_size: int, grid: int
+    batch: dict[str, np.ndarray], scale: int, view: str, crop_size: int
 ) -> dict[str, np.ndarray]:
     if view == "centre":
         boxes = [
@@ -354,16 +332,9 @@ def _evaluation_views(
             for h, w in zip(batch["height"], batch["width"], strict=True)
         ]
         crops = [decode_crop(data, box) for data, box in zip(batch["image"], boxes, strict=True)]
-        return {
-            "image": np.stack(crops),
-            "label": batch["label"].astype(np.int64),
-            "key": batch["key"],
-        }
-    images = [decode_rescaled(data, scale) for data in batch["image"]]
-    if view == "multi-crop":
-        views = np.stack([multi_crop(image, crop_size, grid) for image in images])
-        out = {"crops": views}
+        out = {"image": np.stack(crops)}
     else:
+        images = [decode_rescaled(data, scale) for data in batch["image"]]
         # Ragged: dense evaluation takes each image at its own size.
         ragged = np.empty(len(images), dtype=object)
         for i, image in enumerate(images):
@@ -383,7 +354,6 @@ def evaluation_dataset(
     view: str = "dense",
     split: str = "val",
     crop_size: int = 224,
-    grid: int = 5,
     rank: int = 0,
     world_size: int = 1,
     rows_per_task: int = 256,
@@ -392,12 +362,13 @@ def evaluation_dataset(
 ):
     """The `split` images at test scale Q = `scale` as a Ray Data dataset.
 
-    view="centre": the centre crop_size crop ("image"), the quick check;
+    view="centre": the centre crop_size crop ("image"), training's validation;
     view="dense": each whole image with its shorter side Q ("image", variable
-    size, plus "height" and "width" so evaluation can batch equal sizes);
-    view="multi-crop": "crops", the 5x5 grid of crop_size crops and their flips
-    (2 * grid * grid per image). Labels and keys attached. With `world_size` > 1
-    the record batches are dealt out and this is worker `rank`'s share."""
+    size, plus "height" and "width" so evaluation can batch equal sizes); the
+    evaluation stage cuts its centre and multi-crop views from these arrays
+    (`pipeline.evaluation.worker`), so each image is decoded once per Q.
+    Labels and keys attached. With `world_size` > 1 the record batches are
+    dealt out and this is worker `rank`'s share."""
     import ray.data
 
     if view not in EVALUATION_VIEWS:
@@ -414,7 +385,7 @@ def evaluation_dataset(
     )
     return dataset.map_batches(
         _evaluation_views,
-        fn_kwargs={"scale": scale, "view": view, "crop_size": crop_size, "grid": grid},
+        fn_kwargs={"scale": scale, "view": view, "crop_size": crop_size},
         batch_size=decode_batch_rows,
         batch_format="numpy",
         num_cpus=cpus_per_task,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from pipeline.cli import UserError
+from pipeline.errors import UserError
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 import vgg
+from pipeline.errors import ConfigError
 
 DEFAULT_STORE = "mlflow.db"
 RUN_NAME_TAG = "vggpipe.run_name"
@@ -69,6 +72,109 @@ def find_run(name: str, experiment: str, uri: str | None = None):
     return found[0] if found else None
 
 
+@dataclass(frozen=True)
+class Run:
+    """One MLflow run in one store: the handle every stage logs through, so no
+    call repeats (run_id, ..., uri). Plain values: it crosses the Ray boundary."""
+
+    run_id: str
+    uri: str
+
+    @property
+    def client(self) -> MlflowClient:
+        return client(self.uri)
+
+    def get(self):
+        """The run as MLflow has it now (status, params, metrics, tags)."""
+        return self.client.get_run(self.run_id)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+    def log_params(
+        self, params: Mapping[str, str], fingerprint: Iterable[str] | None = None
+    ) -> None:
+        """Log params once: MLflow refuses a param logged again with another
+        value, and a resumed run logs the same values again. A changed value of
+        a key in `fingerprint` (default: every key) means other settings under
+        the same run name: refused. A changed value of any other key (hardware,
+        paths) keeps the first value logged."""
+        mlflow_client = self.client
+        logged = mlflow_client.get_run(self.run_id).data.params
+        checked = set(params if fingerprint is None else fingerprint)
+        fresh = [mlflow.entities.Param(k, str(v)) for k, v in params.items() if k not in logged]
+        changed = {
+            k: (logged[k], str(v))
+            for k, v in params.items()
+            if k in checked and k in logged and logged[k] != str(v)
+        }
+        if changed:
+            raise ConfigError(
+                f"run {self.run_id} was started with other settings: "
+                + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+                + "; give the run another name"
+            )
+        for start in range(0, len(fresh), 100):  # MLflow's batch limit
+            mlflow_client.log_batch(self.run_id, params=fresh[start : start + 100])
+
+    def log_config(self, config: Any) -> None:
+        """A stage config as flat params; settings that change the result must
+        match an earlier start of the run, the others keep their first value."""
+        from pipeline.config import fingerprint_fields, flat_params
+
+        self.log_params(flat_params(config), fingerprint_fields(config))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        entries = [mlflow.entities.Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=entries)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        mlflow_client = self.client
+        for key, value in tags.items():
+            mlflow_client.set_tag(self.run_id, key, str(value))
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_dict(self, value: Any, artifact_file: str) -> None:
+        self.client.log_dict(self.run_id, value, artifact_file)
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, path, artifact_path)
+
+    def log_model(self, model, name: str, input_example, registered_model_name: str | None = None):
+        """Log a torch model with its signature, bundling the `vgg` package so that
+        `mlflow.pytorch.load_model` works where this project is not installed."""
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        client(self.uri)
+        model = model.eval().cpu()
+        with torch.no_grad():
+            output = model(torch.as_tensor(input_example)).numpy()
+        signature = infer_signature(input_example, output)
+        with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
+            return mlflow.pytorch.log_model(
+                model,
+                name=name,
+                signature=signature,
+                input_example=input_example,
+                code_paths=[str(Path(vgg.__file__).parent)],
+                registered_model_name=registered_model_name,
+            )
+
+    def download_artifacts(self, path: str) -> str:
+        client(self.uri)
+        # MLflow draws a progress bar per download: noise for the small files read here.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        destination = tempfile.mkdtemp(prefix="vggpipe-artifacts-")
+        return mlflow.artifacts.download_artifacts(
+            run_id=self.run_id, artifact_path=path, dst_path=destination
+        )
+
+
 def start_run(
     name: str,
     experiment: str,
@@ -76,8 +182,9 @@ def start_run(
     uri: str | None = None,
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
-) -> str:
-    """The id of the run called `name`: the existing one (set running again) or a new one."""
+) -> Run:
+    """The run called `name`: the existing one (set running again) or a new one."""
+    uri = tracking_uri(uri)
     mlflow_client = client(uri)
     existing = find_run(name, experiment, uri)
     if existing is not None:
@@ -90,102 +197,9 @@ def start_run(
         run_id = mlflow_client.create_run(
             experiment_id(experiment, uri), tags=all_tags, run_name=name
         ).info.run_id
-    for key, value in (tags or {}).items():
-        mlflow_client.set_tag(run_id, key, value)
-    return run_id
-
-
-def end_run(run_id: str, status: str = "FINISHED", uri: str | None = None) -> None:
-    client(uri).set_terminated(run_id, status=status)
-
-
-def log_params(run_id: str, params: Mapping[str, str], uri: str | None = None) -> None:
-    """Log params once: MLflow refuses a param logged again with another value,
-    and a resumed run logs the same values again."""
-    mlflow_client = client(uri)
-    logged = mlflow_client.get_run(run_id).data.params
-    fresh = [mlflow.entities.Param(k, str(v)) for k, v in params.items() if k not in logged]
-    changed = {
-        k: (logged[k], str(v)) for k, v in params.items() if k in logged and logged[k] != str(v)
-    }
-    if changed:
-        raise ValueError(
-            f"run {run_id} was started with other settings: "
-            + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            + "; give the run another name"
-        )
-    for start in range(0, len(fresh), 100):  # MLflow's batch limit
-        mlflow_client.log_batch(run_id, params=fresh[start : start + 100])
-
-
-def log_metrics(
-    run_id: str, metrics: Mapping[str, float], step: int, uri: str | None = None
-) -> None:
-    import time
-
-    now = int(time.time() * 1000)
-    entries = [mlflow.entities.Metric(k, float(v), now, step) for k, v in metrics.items()]
-    client(uri).log_batch(run_id, metrics=entries)
-
-
-def set_tags(run_id: str, tags: Mapping[str, str], uri: str | None = None) -> None:
-    mlflow_client = client(uri)
-    for key, value in tags.items():
-        mlflow_client.set_tag(run_id, key, str(value))
-
-
-def log_text(run_id: str, text: str, artifact_file: str, uri: str | None = None) -> None:
-    client(uri).log_text(run_id, text, artifact_file)
-
-
-def log_dict(run_id: str, value: Any, artifact_file: str, uri: str | None = None) -> None:
-    client(uri).log_dict(run_id, value, artifact_file)
-
-
-def log_artifact(
-    run_id: str, path: str, artifact_path: str | None = None, uri: str | None = None
-) -> None:
-    client(uri).log_artifact(run_id, path, artifact_path)
-
-
-def log_model(
-    run_id: str,
-    model,
-    name: str,
-    input_example,
-    uri: str | None = None,
-    registered_model_name: str | None = None,
-):
-    """Log a torch model with its signature, bundling the `vgg` package so that
-    `mlflow.pytorch.load_model` works where this project is not installed."""
-    import mlflow.pytorch
-    import torch
-    from mlflow.models import infer_signature
-
-    client(uri)
-    model = model.eval().cpu()
-    with torch.no_grad():
-        output = model(torch.as_tensor(input_example)).numpy()
-    signature = infer_signature(input_example, output)
-    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        return mlflow.pytorch.log_model(
-            model,
-            name=name,
-            signature=signature,
-            input_example=input_example,
-            code_paths=[str(Path(vgg.__file__).parent)],
-            registered_model_name=registered_model_name,
-        )
-
-
-def download_artifacts(run_id: str, path: str, uri: str | None = None) -> str:
-    client(uri)
-    # MLflow draws a progress bar per download: noise for the small files read here.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    destination = tempfile.mkdtemp(prefix="vggpipe-artifacts-")
-    return mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=path, dst_path=destination
-    )
+    run = Run(run_id, uri)
+    run.set_tags(tags or {})
+    return run
 
 
 def get_run(run_id: str, uri: str | None = None):

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from vgg.model import CONFIGS, VGG
+from vgg.configs import CONFIGS
+from vgg.model import VGG
 
 # Fixed S: the paper's multi-scale test uses Q in {S - 32, S, S + 32}.
 PAPER_SCALE_STEP = 32

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 
 import torch
 
-from vgg.model import ALIASES, VGG
+from vgg.configs import ALIASES
+from vgg.model import VGG
 
 TORCHVISION_CONFIGS = {config: name for name, config in ALIASES.items()}
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from vgg.model import CONFIGS, VGG, build_vgg
+from vgg.configs import CONFIGS
+from vgg.model import VGG, build_vgg
 
 
 def count_parameters(model: nn.Module) -> int:

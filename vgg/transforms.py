@@ -17,6 +17,7 @@ levels; the shift is converted to 0-255 when it is added.
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -238,11 +239,16 @@ def colour_shift(
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """AlexNet's PCA lighting noise, one RGB offset per image in 0-255 units:
-    sum_i a_i * lambda_i * p_i with a_i ~ N(0, std) drawn per image."""
-    alphas = torch.randn(count, 3, generator=generator, device=device) * std
-    eigenvalues = torch.tensor(stats.eigenvalues, device=device)
-    eigenvectors = torch.tensor(stats.eigenvectors, device=device)
-    return 255.0 * (alphas * eigenvalues) @ eigenvectors
+    sum_i a_i * lambda_i * p_i with a_i ~ N(0, std) drawn per image.
+
+    The a_i are drawn on the CPU (with `generator`, a CPU generator) and only
+    the (count, 3) result moves to `device`: torch refuses a CPU generator for a
+    CUDA draw, and drawing on the CPU makes a GPU run add exactly the noise a
+    CPU run adds."""
+    alphas = torch.randn(count, 3, generator=generator) * std
+    eigenvalues = torch.tensor(stats.eigenvalues)
+    eigenvectors = torch.tensor(stats.eigenvectors)
+    return (255.0 * (alphas * eigenvalues) @ eigenvectors).to(device)
 
 
 def to_model_input(
@@ -282,6 +288,82 @@ def prepare_training_batch(
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+@dataclass(frozen=True)
+class TrainingAugmentation:
+    """The paper's training transform, whole, in one object (section 2): draw S
+    (fixed or jittered), a uniformly placed crop and a horizontal flip per
+    image; carry the draws through a record batch as plain columns; decode the
+    crops on the CPU (Pillow) or on the device (torchvision, nvJPEG on a GPU);
+    and finish on the device (float, mean, PCA colour shift).
+
+    A new augmentation setting is a field here: the data pipeline takes this
+    object as one argument and calls its methods, so nothing in between
+    changes. The draws come from generators the caller seeds, so an epoch
+    repeats for a seed whatever the scheduling."""
+
+    scale: int | tuple[int, int]  # S, or (Smin, Smax) for scale jittering
+    crop_size: int = 224
+    flip_probability: float = 0.5
+    colour_shift_std: float = COLOUR_SHIFT_STD
+
+    # Record-batch columns the draws travel in between reading and decoding.
+    COLUMNS = ("scale", "top", "left", "flip")
+
+    def draw(
+        self, heights: Sequence[int], widths: Sequence[int], rng: np.random.Generator
+    ) -> list[CropBox]:
+        """Each image's crop box, in order, from `rng`."""
+        return [
+            random_crop_box(int(h), int(w), self.scale, self.crop_size, rng, self.flip_probability)
+            for h, w in zip(heights, widths, strict=True)
+        ]
+
+    def encode(self, boxes: Sequence[CropBox]) -> dict[str, np.ndarray]:
+        """The boxes as columns (`COLUMNS`) for a record batch."""
+        return {
+            "scale": np.array([b.scale for b in boxes], np.int32),
+            "top": np.array([b.top for b in boxes], np.int32),
+            "left": np.array([b.left for b in boxes], np.int32),
+            "flip": np.array([b.flip for b in boxes], np.bool_),
+        }
+
+    def decode_boxes(self, columns: Mapping[str, Sequence]) -> list[CropBox]:
+        """The boxes `encode` wrote, read back from a batch's columns."""
+        return [
+            CropBox(int(s), int(t), int(left), self.crop_size, bool(f))
+            for s, t, left, f in zip(*(columns[name] for name in self.COLUMNS), strict=True)
+        ]
+
+    def decode(self, jpegs: Sequence[bytes], boxes: Sequence[CropBox]) -> np.ndarray:
+        """The CPU half: uint8 crops (N, crop, crop, 3), DCT-domain downscaling
+        where it applies (`decode_crop`)."""
+        return np.stack([decode_crop(data, box) for data, box in zip(jpegs, boxes, strict=True)])
+
+    def decode_on_device(
+        self, jpegs: Sequence[bytes], boxes: Sequence[CropBox], device: torch.device | str
+    ) -> torch.Tensor:
+        """The same crops decoded on `device` (`decode_crops_on_device`)."""
+        return decode_crops_on_device(list(jpegs), list(boxes), device)
+
+    def finish(
+        self,
+        images: torch.Tensor,
+        stats: PixelStatistics,
+        *,
+        generator: torch.Generator | None = None,
+        channels_last: bool = False,
+    ) -> torch.Tensor:
+        """The device half on a uint8 NHWC batch (`prepare_training_batch`), the
+        colour noise drawn on the CPU `generator`."""
+        return prepare_training_batch(
+            images,
+            stats,
+            colour_shift_std=self.colour_shift_std,
+            generator=generator,
+            channels_last=channels_last,
+        )
+
+
 def crop_count(grid: int = 5) -> int:
     """Views per image and scale in multi-crop evaluation (50 for the paper's grid)."""
     return 2 * grid * grid
@@ -290,6 +372,7 @@ def crop_count(grid: int = 5) -> int:
 __all__ = [
     "CropBox",
     "PixelStatistics",
+    "TrainingAugmentation",
     "center_crop_box",
     "colour_shift",
     "crop_count",

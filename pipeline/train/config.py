@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.config import ConfigError, Serialised, TrackingSection, option, require
-from vgg.model import CONFIGS, INIT_SCHEMES, resolve_config
+from vgg.configs import CONFIGS, INIT_SCHEMES, resolve_config
 
 DECODE_PLACES = ("cpu", "device")
 

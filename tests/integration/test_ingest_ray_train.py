@@ -10,6 +10,7 @@ import torch
 
 from pipeline import ingest
 from pipeline.shards import ShardStore
+from vgg.transforms import TrainingAugmentation
 
 
 def _keys_per_worker(demo_shards: str, tmp_path, seed: int, epochs: int) -> dict:
@@ -32,8 +33,7 @@ def _keys_per_worker(demo_shards: str, tmp_path, seed: int, epochs: int) -> dict
                 epoch=epoch,
                 rank=rank,
                 world_size=world,
-                scale=(64, 96),
-                crop_size=64,
+                augmentation=TrainingAugmentation((64, 96), 64),
                 batch_size=32,
                 seed=config["seed"],
                 cpus_per_task=0.25,
@@ -84,8 +84,7 @@ def test_augmentation_repeats_for_a_seed_and_changes_per_epoch(demo_shards, ray_
             epoch=epoch,
             rank=0,
             world_size=1,
-            scale=(64, 96),
-            crop_size=64,
+            augmentation=TrainingAugmentation((64, 96), 64),
             batch_size=16,
             cpus_per_task=0.5,
         )
@@ -98,7 +97,8 @@ def test_augmentation_repeats_for_a_seed_and_changes_per_epoch(demo_shards, ray_
 
 
 def test_device_decode_gives_the_cpu_crops(demo_shards, ray_local):
-    common = dict(epoch=0, rank=0, world_size=1, scale=80, crop_size=64, batch_size=8)
+    augmentation = TrainingAugmentation(80, 64)
+    common = dict(epoch=0, rank=0, world_size=1, augmentation=augmentation, batch_size=8)
     on_cpu = next(iter(ingest.training_batches(demo_shards, **common, cpus_per_task=0.5)))
     on_device = next(
         iter(ingest.training_batches(demo_shards, **common, decode_on="device", cpus_per_task=0.5))
@@ -120,10 +120,6 @@ def test_evaluation_views(demo_shards, ray_local):
             assert min(height, width) == 72
         count += len(batch["label"])
     assert count == val_rows
-    crops = ingest.evaluation_dataset(
-        demo_shards, scale=72, view="multi-crop", crop_size=64, cpus_per_task=0.5
-    ).take(3)
-    assert all(row["crops"].shape == (50, 64, 64, 3) for row in crops)
     with pytest.raises(ValueError, match="view must be one of"):
         ingest.evaluation_dataset(demo_shards, scale=72, view="tencrop")
 

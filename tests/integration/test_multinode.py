@@ -17,7 +17,7 @@ DRIVER = textwrap.dedent(
     import ray
     from ray.cluster_utils import Cluster
     from pipeline.recipes import recipe
-    from pipeline.train.driver import train
+    from pipeline.train import train
 
     data, root = sys.argv[1], sys.argv[2]
     # 2 CPUs a node and 1.5 a worker: only one worker fits on each node, while

@@ -11,7 +11,7 @@ import pytest
 from pipeline.config import ConfigError, apply_overrides, flat_params
 from pipeline.recipes import RECIPES, recipe
 from pipeline.train.config import TrainConfig
-from pipeline.train.driver import PlateauSchedule
+from pipeline.train.loop import PlateauSchedule
 
 VGGPIPE = str(Path(sys.executable).with_name("vggpipe"))
 

@@ -14,6 +14,7 @@ from PIL import Image
 from vgg.transforms import (
     CropBox,
     PixelStatistics,
+    TrainingAugmentation,
     center_crop_box,
     colour_shift,
     decode_crop,
@@ -142,6 +143,62 @@ def test_prepare_training_batch_shape_dtype_and_mean():
     assert not torch.allclose(offsets[0], offsets[1])
     nhwc = prepare_training_batch(images, stats, colour_shift_std=0, channels_last=True)
     assert nhwc.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_device_half_draws_only_on_the_cpu_generator(monkeypatch):
+    """A CUDA run must not hand torch a CPU generator for a device draw: on a
+    `meta` batch (no real device needed), every random draw must be a CPU
+    tensor from the caller's CPU generator, and the result stays on `meta`."""
+    draws = []
+    real_randn = torch.randn
+
+    def recording_randn(*args, **kwargs):
+        tensor = real_randn(*args, **kwargs)
+        draws.append((kwargs.get("generator"), tensor.device))
+        return tensor
+
+    monkeypatch.setattr(torch, "randn", recording_randn)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.empty((4, 32, 32, 3), dtype=torch.uint8, device="meta")
+    stats = PixelStatistics.imagenet()
+    out = prepare_training_batch(images, stats, colour_shift_std=0.1, generator=generator)
+    assert out.device.type == "meta" and out.shape == (4, 3, 32, 32)
+    assert draws == [(generator, torch.device("cpu"))]
+    # The same noise whatever the device: the CPU and GPU runs draw alike.
+    cpu = prepare_training_batch(
+        torch.zeros((4, 2, 2, 3), dtype=torch.uint8),
+        stats,
+        generator=torch.Generator().manual_seed(5),
+    )
+    again = colour_shift(4, stats, generator=torch.Generator().manual_seed(5), device="meta")
+    assert again.device.type == "meta"
+    assert torch.allclose(
+        cpu[:, :, 0, 0] + torch.tensor(stats.mean_rgb),
+        colour_shift(4, stats, generator=torch.Generator().manual_seed(5)),
+    )
+
+
+def test_training_augmentation_round_trips_its_draws_through_columns(photos):
+    augmentation = TrainingAugmentation((64, 96), 48, colour_shift_std=0.0)
+    jpegs = list(photos.values())
+    sizes = [Image.open(io.BytesIO(data)).size for data in jpegs]
+    boxes = augmentation.draw(
+        [h for _, h in sizes], [w for w, _ in sizes], np.random.default_rng(0)
+    )
+    columns = augmentation.encode(boxes)
+    assert set(columns) == set(TrainingAugmentation.COLUMNS)
+    assert augmentation.decode_boxes(columns) == boxes
+    assert all(64 <= box.scale <= 96 and box.size == 48 for box in boxes)
+    crops = augmentation.decode(jpegs, boxes)
+    assert crops.shape == (len(jpegs), 48, 48, 3) and crops.dtype == np.uint8
+    on_device = augmentation.decode_on_device(jpegs, boxes, "cpu")
+    assert on_device.shape == crops.shape
+    assert (on_device.float() - torch.from_numpy(crops).float()).abs().mean() < 3.0
+    stats = PixelStatistics.imagenet()
+    finished = augmentation.finish(torch.from_numpy(crops), stats)
+    assert torch.equal(
+        finished, prepare_training_batch(torch.from_numpy(crops), stats, colour_shift_std=0)
+    )
 
 
 def test_to_model_input_with_torchvision_normalisation():

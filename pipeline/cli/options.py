@@ -1,0 +1,16 @@
+"""Options several `vggpipe` commands share, declared once."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+
+
+def add_overrides(parser: argparse.ArgumentParser, flag: str, dest: str, help: str) -> None:
+    """A repeatable KEY=VALUE option collecting into `dest` (a config's --set)."""
+    parser.add_argument(
+        flag, dest=dest, action="append", default=[], metavar="KEY=VALUE", help=help
+    )

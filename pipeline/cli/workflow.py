@@ -1,0 +1,133 @@
+"""`vggpipe run` and `vggpipe demo`: the paper's whole recipe as one workflow."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from pipeline.cli.options import add_address, add_overrides
+
+
+def register_run(subparsers: argparse._SubParsersAction) -> None:
+    from pipeline.recipes import WORKFLOW_RECIPES
+
+    parser = subparsers.add_parser(
+        "run",
+        help="the paper's whole recipe: preprocess, every net, every evaluation, the tables",
+        description="Run the paper's pipeline as a graph of Ray tasks: preprocess and "
+        "statistics, net A at the base S, the deeper nets from A, each scale config at the "
+        "large S from its base-S net and jittered from that, every net evaluated with the "
+        "paper's protocols, the ensemble, and the combined tables. Stages that do not need "
+        "each other run at the same time when the cluster has room. MLflow gets one parent "
+        "run with every stage nested under it; a stage whose settings and inputs match a "
+        "finished stage run is reused, so running the same command again after a crash "
+        "resumes where it stopped.",
+        epilog="recipes: "
+        + ", ".join(WORKFLOW_RECIPES)
+        + ". --set takes workflow fields: work_dir, run_name, from_a=B,C,D,E, "
+        "random_init=A-LRN, scale_configs=C,D,E, base_scale, large_scale, jitter_scale=256:512, "
+        "base_epochs, finetune_epochs, protocols, scales, ensemble=D-256-512,E-256-512, "
+        "max_short_side, shard_rows.",
+    )
+    parser.add_argument("--recipe", required=True, help="named workflow recipe (listed below)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="ILSVRC-2012 (folders or the official tars, as for `vggpipe preprocess`) or a "
+        "prepared dataset (a preprocess output); local path or pyarrow.fs URI",
+    )
+    _add_workflow_arguments(parser)
+    parser.set_defaults(func=_run_run)
+
+
+def _add_workflow_arguments(parser: argparse.ArgumentParser, work_dir: str | None = None) -> None:
+    parser.add_argument(
+        "--work-dir",
+        default=work_dir,
+        help="shards, checkpoints and tables; shared storage on a cluster "
+        f"(default {work_dir or 'vggpipe-work'})",
+    )
+    parser.add_argument(
+        "--run-name", help="MLflow parent run (default: recipe and a settings digest)"
+    )
+    for flag, dest, what in (
+        ("--set", "overrides", "a workflow field, e.g. --set from_a=B,D --set base_epochs=4"),
+        ("--train-set", "train_overrides", "a training field of every net, e.g. num_workers=16"),
+        ("--eval-set", "eval_overrides", "an evaluation field, e.g. workers=8 or limit=1000"),
+    ):
+        add_overrides(parser, flag, dest, f"override {what} (repeatable)")
+    parser.add_argument(
+        "--plan", action="store_true", help="print the stages and which are finished; run nothing"
+    )
+    add_address(parser)
+
+
+def _workflow_config(recipe_name: str, args: argparse.Namespace, data: str):
+    from pipeline.recipes import workflow_recipe
+
+    overrides = [f"data={data}", *args.overrides]
+    if args.work_dir:
+        overrides.append(f"work_dir={args.work_dir}")
+    if args.run_name:
+        overrides.append(f"run_name={args.run_name}")
+    config = workflow_recipe(recipe_name, overrides)
+    extra = {
+        "train_overrides": (*config.train_overrides, *args.train_overrides),
+        "eval_overrides": (*config.eval_overrides, *args.eval_overrides),
+    }
+    return dataclasses.replace(config, **extra)  # validated here, before any Ray work
+
+
+def _print_plan(config) -> int:
+    from pipeline import tracking
+    from pipeline.workflow import finished_stage, plan
+
+    uri = tracking.tracking_uri(config.tracking_uri)
+    for stage in plan(config):
+        finished = finished_stage(stage, config.experiment, uri)
+        state = f"finished (run {finished.info.run_id})" if finished else "to run"
+        needs = f" <- {', '.join(stage.needs)}" if stage.needs else ""
+        print(f"{stage.key:24s} {state}{needs}")
+    return 0
+
+
+def _execute_workflow(config, args: argparse.Namespace) -> int:
+    from pipeline.workflow import run, summary_lines
+
+    if args.plan:
+        return _print_plan(config)
+    result = run(config, address=args.address)
+    print("\n".join(summary_lines(result)))
+    return 1 if result.failed else 0
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    return _execute_workflow(_workflow_config(args.recipe, args, args.data), args)
+
+
+def register_demo(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="the whole recipe on demo data, on this machine (local Ray, local MLflow store)",
+        description="Write the demo data (scikit-learn's handwritten digits as JPEGs in the "
+        "ILSVRC-2012 layout) into WORK_DIR/source, then run `vggpipe run --recipe demo` on "
+        "it: narrow nets on small crops on a local Ray instance, tracked in ./mlflow.db. "
+        "Prints the paper-style tables and the command that opens the MLflow UI. Running it "
+        "again reuses every finished stage.",
+    )
+    _add_workflow_arguments(parser, work_dir="vggpipe-demo")
+    parser.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo_data import make_demo_data
+
+    source = Path(args.work_dir) / "source"
+    if not (source / "train").is_dir():
+        demo = make_demo_data(source)
+        print(
+            f"Wrote the demo data: {demo.count('train'):,} train and {demo.count('val'):,} val "
+            f"images of {len(demo.wnids)} classes in {source}"
+        )
+    return _execute_workflow(_workflow_config("demo", args, str(source)), args)
