@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     import ray
 
-    from pipeline.preprocess.run import preprocess
+    from pipeline.preprocess import preprocess
 
     torch.set_num_threads(1)
     cores = os.cpu_count() or 1

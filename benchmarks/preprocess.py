@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from pipeline.preprocess.run import ImageRejected, process_image, resize, shrunk_size
+from pipeline.preprocess import ImageRejected, process_image, resize, shrunk_size
 from pipeline.sources import list_images, open_source
 
 
@@ -79,7 +79,7 @@ def ours(source: str, max_short_side: int, workers: int, folder: Path) -> Rates:
     """pipeline.preprocess on a fresh local Ray with `workers` workers."""
     import ray
 
-    from pipeline import preprocess
+    from pipeline.preprocess import preprocess
 
     ray.init(
         num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False

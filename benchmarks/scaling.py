@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
     import ray
 
     from pipeline.demo_data import make_demo_data
-    from pipeline.preprocess.run import preprocess
+    from pipeline.preprocess import preprocess
     from pipeline.recipes import recipe
     from pipeline.train import train
 

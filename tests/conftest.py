@@ -4,12 +4,21 @@ test asks for it, so unit tests never pay Ray's start-up."""
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 # What `import pipeline` sets (see pipeline/__init__.py), for test modules that
 # import mlflow before pipeline.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+# Ray's temp folder of this test session, inherited by every process it starts:
+# `ray.init()` with no address joins the cluster that <temp>/ray_current_cluster
+# names, and one a crashed run left in /tmp/ray would capture (and hang) every
+# `vggpipe` the tests start. Short, because Ray's socket paths must fit in 107
+# bytes. Left in place: .ci/ray-log-digest reads its logs after a failed run.
+if "RAY_TMPDIR" not in os.environ:
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="vggpipe-ray-", dir="/tmp")
 
 from tests.ray_head import ray_head  # noqa: F401 (a fixture: a Ray head with the Jobs API)
 
@@ -40,12 +49,25 @@ def ray_local():
 
 
 @pytest.fixture(scope="session")
+def new_store(tmp_path_factory):
+    """Makes a fresh folder holding a SQLite MLflow store: `new_store(name)`
+    gives (folder, tracking URI). Module fixtures share one; tests that must
+    not see others' runs make their own."""
+
+    def make(name: str):
+        root = tmp_path_factory.mktemp(name)
+        return root, f"sqlite:///{root / 'mlflow.db'}"
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def demo_shards(tmp_path_factory, ray_local) -> str:
     """The demo data set (all 1,797 digits, 10 classes) preprocessed once per
     session into shards of 500 rows with short sides up to 128: several shards
     and record batches per split, so ingest tests see real boundaries."""
     from pipeline.demo_data import make_demo_data
-    from pipeline.preprocess.run import preprocess
+    from pipeline.preprocess import preprocess
 
     root = tmp_path_factory.mktemp("demo")
     make_demo_data(root / "source")

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline import preprocess
 from pipeline.cli import main
 from pipeline.demo_data import make_demo_data
+from pipeline.preprocess import preprocess
 from pipeline.shards import TEMP_MARKER, ShardStore
 
 pytestmark = pytest.mark.ray

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.preprocess.run import (
+from pipeline.preprocess import (
     ImageRejected,
     PreprocessConfig,
     process_image,

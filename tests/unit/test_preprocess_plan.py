@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
 from pipeline.demo_data import make_demo_data
-from pipeline.preprocess.run import PreprocessConfig, _make_plan
+from pipeline.preprocess import PreprocessConfig, make_plan
+from pipeline.preprocess.plan import output_params, unfinished_plan
 from pipeline.shards import ShardStore
 from pipeline.sources import SourceError, list_images, open_source
 
@@ -21,7 +24,7 @@ def source(tmp_path_factory):
 
 def _plan(tmp_path, source, listing, **config):
     config = PreprocessConfig(**{"shard_rows": 10, **config})
-    return _make_plan(ShardStore(str(tmp_path)), source, listing, config, {"seed": config.seed})
+    return make_plan(ShardStore(str(tmp_path)), source, listing, config)
 
 
 def test_every_image_is_planned_once_in_balanced_shards(tmp_path, source):
@@ -77,3 +80,21 @@ def test_duplicate_keys_are_refused(tmp_path, source):
     listing = list_images(source)
     with pytest.raises(SourceError, match="occur twice in train"):
         _plan(tmp_path, source, pa.concat_tables([listing, listing.slice(0, 2)]))
+
+
+def test_a_rerun_reuses_the_plan_only_when_the_shaping_parameters_match(tmp_path, source):
+    config = PreprocessConfig(shard_rows=10)
+    store = ShardStore(str(tmp_path))
+    plan = make_plan(store, source, list_images(source), config)
+
+    # The rejection bound changes no shard, so a rerun with another one continues.
+    lenient = replace(config, max_rejected_fraction=0.5)
+    assert unfinished_plan(store, output_params(source.uri, lenient)).plan_id == plan.plan_id
+    with pytest.raises(
+        ValueError, match=r"unfinished run made .* \(shard_rows 10 there, 5 asked\)"
+    ):
+        unfinished_plan(store, output_params(source.uri, replace(config, shard_rows=5)))
+    assert (
+        unfinished_plan(ShardStore(str(tmp_path / "new")), output_params(source.uri, config))
+        is None
+    )
