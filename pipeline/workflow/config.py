@@ -18,7 +18,7 @@ from pipeline.config import (
 )
 from pipeline.evaluation.config import SCALE_SETS, EvaluateConfig, check_protocols, parse_scale_set
 from pipeline.train.config import TrainConfig
-from vgg.model import CONFIGS, resolve_config
+from vgg.configs import CONFIGS, resolve_config
 
 WORKFLOW_TRAIN_RECIPES = ("paper", "demo", "smoke")
 

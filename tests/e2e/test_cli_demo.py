@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
-VGGPIPE = shutil.which("vggpipe") or str(Path(sys.executable).with_name("vggpipe"))
+from tests.commands import vggpipe
 
 
 def test_demo_plan_writes_the_demo_data_and_lists_the_papers_stages(tmp_path):
-    result = subprocess.run(
-        [VGGPIPE, "demo", "--plan", "--work-dir", "demo"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    result = vggpipe("demo", "--plan", "--work-dir", "demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
     assert (tmp_path / "demo" / "source" / "train").is_dir()
     stages = {line.split()[0]: line for line in result.stdout.splitlines() if "to run" in line}
     assert list(stages)[0] == "preprocess"
@@ -29,21 +19,13 @@ def test_demo_plan_writes_the_demo_data_and_lists_the_papers_stages(tmp_path):
 
 
 def test_run_with_bad_input_exits_non_zero_with_one_line(tmp_path):
-    missing = subprocess.run(
-        [VGGPIPE, "run", "--recipe", "smoke", "--data", str(tmp_path / "nowhere")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+    missing = vggpipe("run", "--recipe", "smoke", "--data", str(tmp_path / "nowhere"), cwd=tmp_path)
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines() == [
         f"vggpipe run: error: data {str(tmp_path / 'nowhere')!r} does not exist"
     ]
-    unknown = subprocess.run(
-        [VGGPIPE, "run", "--recipe", "smoke", "--data", ".", "--set", "ensemble=A-36,Q-36"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
+    unknown = vggpipe(
+        "run", "--recipe", "smoke", "--data", ".", "--set", "ensemble=A-36,Q-36", cwd=tmp_path
     )
     assert unknown.returncode == 2
     assert "ensemble names nets not in the graph: Q-36" in unknown.stderr
@@ -51,6 +33,6 @@ def test_run_with_bad_input_exits_non_zero_with_one_line(tmp_path):
 
 
 def test_unknown_command_exits_non_zero_with_usage():
-    result = subprocess.run([VGGPIPE, "nonsense"], capture_output=True, text=True)
+    result = vggpipe("nonsense")
     assert result.returncode != 0
     assert "invalid choice" in result.stderr

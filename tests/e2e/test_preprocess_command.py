@@ -3,29 +3,19 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
+from tests.commands import vggpipe
+
 pytestmark = pytest.mark.slow
-
-
-def _vggpipe(*args: str) -> subprocess.CompletedProcess:
-    executable = shutil.which("vggpipe", path=str(Path(sys.executable).parent))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.run([executable, *args], capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_demo_data_then_preprocess_then_verify(tmp_path):
     source, output = str(tmp_path / "source"), str(tmp_path / "shards")
 
-    made = _vggpipe("demo-data", source, "--layout", "tars", "--quirks", "--per-class", "10")
+    made = vggpipe("demo-data", source, "--layout", "tars", "--quirks", "--per-class", "10")
     assert made.returncode == 0, made.stderr
-    run = _vggpipe(
+    run = vggpipe(
         *("preprocess", source, output, "--max-short-side", "96", "--shard-rows", "40"),
         *("--max-rejected-fraction", "0.05"),
     )
@@ -38,10 +28,10 @@ def test_demo_data_then_preprocess_then_verify(tmp_path):
     assert "val/ILSVRC2012_val_00000021.JPEG: cannot decode: image file is truncated" in run.stdout
     assert "images/s writing shards" in run.stdout
 
-    checked = _vggpipe("verify", output)
+    checked = vggpipe("verify", output)
     assert checked.returncode == 0, checked.stderr
     assert "all 4 shards intact (103 rows)" in checked.stdout
 
-    again = _vggpipe("preprocess", source, output, "--max-short-side", "96", "--shard-rows", "40")
+    again = vggpipe("preprocess", source, output, "--max-short-side", "96", "--shard-rows", "40")
     assert again.returncode == 0
     assert "already complete with these parameters; nothing to do" in again.stdout

@@ -18,7 +18,8 @@ import pytest
 from pipeline import tracking
 from pipeline.demo_data import make_demo_data
 from pipeline.recipes import workflow_recipe
-from pipeline.workflow.driver import DONE_TAG, FINGERPRINT_TAG, STAGE_KEY_TAG, plan, workflow_name
+from pipeline.workflow import plan, workflow_name
+from pipeline.workflow.scheduler import DONE_TAG, FINGERPRINT_TAG, STAGE_KEY_TAG
 from tests.ray_head import clean_env
 
 BIN = Path(sys.executable).parent
@@ -162,7 +163,7 @@ def test_stages_nest_under_one_parent_run_on_the_tracking_server(smoke, killed_t
     children = tracking.child_runs(parent.info.run_id, uri)
     assert {run.data.tags[STAGE_KEY_TAG] for run in children} == set(_stage_runs(uri))
     assert parent.data.metrics["stages_failed"] == 0
-    tables = Path(tracking.download_artifacts(parent.info.run_id, "tables.md", uri)).read_text()
+    tables = Path(tracking.Run(parent.info.run_id, uri).download_artifacts("tables.md")).read_text()
     for net in ("A-36", "B-36", "A-44", "A-36-52", "A-36 + B-36"):
         assert f"| {net} " in tables
     # The server stored the artifacts (models included), not this process.

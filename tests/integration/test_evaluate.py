@@ -31,12 +31,11 @@ SMALL = {"workers": 2, "cpus_per_worker": 0.5, "data_cpus_per_task": 0.5, "progr
 
 
 @pytest.fixture(scope="module")
-def demo_nets(tmp_path_factory, demo_shards):
+def demo_nets(new_store, demo_shards):
     """Two smoke-recipe nets (S 36, crop 32), saved as Ray Train would save them
     and tagged on their MLflow runs as training tags them: real checkpoints and
     runs without the minute of training (the figures here are not the point)."""
-    root = tmp_path_factory.mktemp("evaluate")
-    uri = f"sqlite:///{root}/mlflow.db"
+    root, uri = new_store("evaluate")
     nets = []
     for seed in (0, 1):
         config = recipe(

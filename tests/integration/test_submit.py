@@ -8,27 +8,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pipeline import submit as submit_module
+from tests.commands import vggpipe
 from tests.ray_head import TOKEN, clean_env, free_ports
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-VGGPIPE = [shutil.which("vggpipe", path=str(BIN))]
 
 
 def _vggpipe(
     *args: str, timeout: float = 300, token: str | None = TOKEN
 ) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*VGGPIPE, *args], capture_output=True, text=True, timeout=timeout, env=clean_env(token)
-    )
+    """The installed command as a client of the module's head (its token by default)."""
+    return vggpipe(*args, timeout=timeout, env=clean_env(token))
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,9 @@ from pipeline.train import train
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("train")
-    return {"storage": str(root / "runs"), "uri": f"sqlite:///{root / 'mlflow.db'}"}
+def store(new_store) -> dict[str, str]:
+    root, uri = new_store("train")
+    return {"storage": str(root / "runs"), "uri": uri}
 
 
 def _config(demo_shards, store, name, *overrides):

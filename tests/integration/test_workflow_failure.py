@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import tracking
 from pipeline.recipes import workflow_recipe
-from pipeline.workflow.driver import run, summary_lines
+from pipeline.workflow import run, summary_lines
 
 
 @pytest.mark.ray

@@ -6,14 +6,8 @@ import pytest
 
 from pipeline.config import ConfigError
 from pipeline.recipes import workflow_recipe
-from pipeline.workflow.driver import (
-    _fits,
-    _stage_resources,
-    combined_tables,
-    nets,
-    plan,
-    train_config,
-)
+from pipeline.workflow import Net, combined_tables, nets, plan, train_config
+from pipeline.workflow.scheduler import fits
 
 
 @pytest.fixture
@@ -109,12 +103,43 @@ def test_fingerprints_change_with_settings_and_flow_downstream(source):
     assert smaller["preprocess"] != before["preprocess"]
 
 
+def _train_fingerprints(fingerprints: dict[str, str]) -> dict[str, str]:
+    return {key: value for key, value in fingerprints.items() if key.startswith("train/")}
+
+
+@pytest.mark.parametrize(
+    "hardware", ["micro_batch_size=64", "num_workers=16", "num_workers=4,micro_batch_size=32"]
+)
+def test_memory_and_worker_settings_reuse_every_trained_net(source, hardware):
+    before = _train_fingerprints(_fingerprints(source))
+    assert _train_fingerprints(_fingerprints(source, f"train_overrides={hardware}")) == before
+
+
+def test_a_learning_rate_trains_every_net_again(source):
+    before = _train_fingerprints(_fingerprints(source))
+    after = _train_fingerprints(_fingerprints(source, "train_overrides=lr=0.02"))
+    assert all(after[key] != before[key] for key in before)
+
+
+def test_evaluation_hardware_reuses_evaluations_and_the_grid_does_not(source):
+    def evaluations(*overrides):
+        fingerprints = _fingerprints(source, *overrides)
+        return {k: v for k, v in fingerprints.items() if k.startswith("evaluate/")} | {
+            "ensemble": fingerprints["ensemble"]
+        }
+
+    before = evaluations()
+    assert evaluations("eval_overrides=batch_size=8,workers=4") == before
+    after = evaluations("eval_overrides=grid=3")
+    assert all(after[key] != before[key] for key in before)
+
+
 def test_a_prepared_dataset_is_fingerprinted_by_its_manifest(tmp_path):
     prepared = tmp_path / "shards"
     prepared.mkdir()
     (prepared / "manifest.json").write_text('{"version": 1}')
     first = plan(workflow_recipe("smoke", [f"data={prepared}"]))[0]
-    assert first.spec["prepared"] == str(prepared)
+    assert first.prepared and first.data == str(prepared)
     (prepared / "manifest.json").write_text('{"version": 2}')
     second = plan(workflow_recipe("smoke", [f"data={prepared}"]))[0]
     assert second.fingerprint != first.fingerprint
@@ -152,16 +177,16 @@ def test_the_demo_trains_a_deep_net_from_a_and_from_random_weights():
 def test_stages_share_the_cluster_only_when_their_resources_fit(source):
     stages = {s.key: s for s in plan(workflow_recipe("demo", [f"data={source}"]))}
     cluster = {"CPU": 2.0}
-    train = _stage_resources(stages["train/D-36"], cluster)
+    train = stages["train/D-36"].resources(cluster)
     assert train == {"CPU": 2 * 0.5 + 0.5}
-    evaluate = _stage_resources(stages["evaluate/D-36"], cluster)
+    evaluate = stages["evaluate/D-36"].resources(cluster)
     assert evaluate == {"CPU": 2.0}
-    assert _fits(train, {}, cluster)
-    assert not _fits(train, train, cluster)  # two demo trainings would oversubscribe 2 CPUs
+    assert fits(train, {}, cluster)
+    assert not fits(train, train, cluster)  # two demo trainings would oversubscribe 2 CPUs
     gpu = {s.key: s for s in plan(workflow_recipe("paper", [f"data={source}"]))}
-    needs = _stage_resources(gpu["train/B-256"], {"CPU": 64.0, "GPU": 8.0})
-    assert needs["GPU"] == 4.0 and _fits(needs, needs, {"CPU": 64.0, "GPU": 8.0})
-    assert not _fits(needs, {"GPU": 6.0}, {"CPU": 64.0, "GPU": 8.0})
+    needs = gpu["train/B-256"].resources({"CPU": 64.0, "GPU": 8.0})
+    assert needs["GPU"] == 4.0 and fits(needs, needs, {"CPU": 64.0, "GPU": 8.0})
+    assert not fits(needs, {"GPU": 6.0}, {"CPU": 64.0, "GPU": 8.0})
 
 
 def _row(net, protocol, scale_set, top1, members=None, **extra):
@@ -178,11 +203,12 @@ def _row(net, protocol, scale_set, top1, members=None, **extra):
 
 
 def test_combined_tables_put_the_net_from_a_beside_the_same_net_from_random():
-    info = {
-        "A-36": {"config": "A", "train_scale": "36", "initialised_from": "random"},
-        "D-36-random": {"config": "D", "train_scale": "36", "initialised_from": "random"},
-        "D-36": {"config": "D", "train_scale": "36", "initialised_from": "A-36"},
-    }
+    base = (36, 36)
+    graph = [
+        Net("A-36", "A", base, None, None, "base"),
+        Net("D-36-random", "D", base, None, None, "base"),
+        Net("D-36", "D", base, "A-36", "init_from", "base"),
+    ]
     inputs = {
         f"evaluate/{net}": {
             "rows": [
@@ -199,7 +225,7 @@ def test_combined_tables_put_the_net_from_a_beside_the_same_net_from_random():
             _row("ensemble", "dense", "multi", 4.5, members=["A-36", "D-36"]),
         ]
     }
-    tables = combined_tables(info, inputs)
+    tables = combined_tables(graph, inputs)
     single = tables.split("### ")[1]
     lines = [line for line in single.splitlines() if line.startswith("| ")][1:]
     assert [line.split("|")[1].strip() for line in lines] == ["A-36", "D-36-random", "D-36"]
