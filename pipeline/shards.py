@@ -30,6 +30,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from pipeline.errors import ConfigError
+
 FORMAT = "vggpipe-shards"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -146,6 +148,18 @@ class Manifest:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1) + "\n"
+
+    def require_scale(self, scale: int, field_name: str, data: str) -> None:
+        """Refuse a training or test scale above the short side the shards keep:
+        the images would be upsampled from what preprocessing shrank them to,
+        silently training or testing on blurred pixels. (An image that was
+        smaller than that in the original is fine: the paper upsamples those.)"""
+        stored = self.params.get("max_short_side")
+        if stored is not None and scale > stored:
+            raise ConfigError(
+                f"{field_name} {scale} is above the {stored}-pixel short side that {data} "
+                f"stores (its max_short_side); preprocess again with max_short_side >= {scale}"
+            )
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:

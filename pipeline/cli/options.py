@@ -6,7 +6,11 @@ import argparse
 
 
 def add_address(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    parser.add_argument(
+        "--address",
+        help="Ray cluster address (default: RAY_ADDRESS, else a cluster `ray start` runs on "
+        "this machine, else a new local instance; 'local' always starts a new one)",
+    )
 
 
 def add_overrides(parser: argparse.ArgumentParser, flag: str, dest: str, help: str) -> None:

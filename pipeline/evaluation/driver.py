@@ -37,7 +37,7 @@ from pipeline.evaluation.results import (
     write_tables,
 )
 from pipeline.evaluation.worker import ProgressCounter, ShareJob, ShareResult, evaluate_share
-from pipeline.shards import ShardStore, canonical_uri
+from pipeline.shards import Manifest, ShardStore, canonical_uri
 
 if TYPE_CHECKING:
     from pipeline.evaluation.config import EvaluateConfig
@@ -100,8 +100,11 @@ def evaluation_name(config: EvaluateConfig, data: str) -> str:
     return f"evaluate-{digest[:10]}"
 
 
-def _check_data(data: str, split: str, models: Sequence[EvaluatedModel]) -> tuple[int, int]:
-    """The split's image count and record batches (the most workers can share)."""
+def _check_data(
+    data: str, split: str, models: Sequence[EvaluatedModel]
+) -> tuple[Manifest, int, int]:
+    """The manifest, the split's image count and its record batches (the most
+    workers can share)."""
     from pipeline.ingest import record_batch_pieces
 
     store = ShardStore(data)
@@ -114,7 +117,7 @@ def _check_data(data: str, split: str, models: Sequence[EvaluatedModel]) -> tupl
                 f"{model.label} has {model.architecture.num_classes} classes, "
                 f"data {data!r} has {len(manifest.classes)}"
             )
-    return manifest.splits[split].rows, len(record_batch_pieces(store.shards(split)))
+    return manifest, manifest.splits[split].rows, len(record_batch_pieces(store.shards(split)))
 
 
 def _limits(limit: int | None, workers: int) -> list[int | None]:
@@ -153,9 +156,10 @@ def run_evaluation(
     if not data:
         raise ConfigError("data must name a prepared dataset (no model records its training data)")
     data = canonical_uri(data)  # the Ray tasks do not share this process's working folder
-    split_rows, pieces = _check_data(data, config.split, [m for m, _ in loaded])
+    manifest, split_rows, pieces = _check_data(data, config.split, [m for m, _ in loaded])
     models = distinct_labels([with_mean_rgb(model, data) for model, _ in loaded])
     rows = plan_rows(models, config)
+    manifest.require_scale(max(q for row in rows for qs in row.scales for q in qs), "scales", data)
     passes = len(needed_views(rows))
     images = min(split_rows, config.limit or split_rows)
 

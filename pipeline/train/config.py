@@ -11,6 +11,12 @@ from pipeline.config import ConfigError, Serialised, TrackingSection, option, re
 from vgg.configs import CONFIGS, INIT_SCHEMES, resolve_config
 
 DECODE_PLACES = ("cpu", "device")
+# What a training run reports and logs, named once for the sweep and the workflow
+# that read them: the metric the schedule, the best checkpoint and ASHA judge on,
+# and the logged models.
+VAL_METRIC = "val_top1_error"
+BEST_MODEL = "best_model"
+FINAL_MODEL = "final_model"
 
 
 @dataclass(frozen=True)
@@ -225,7 +231,10 @@ class TrainConfig(
 
 
 __all__ = [
+    "BEST_MODEL",
     "DECODE_PLACES",
+    "FINAL_MODEL",
+    "VAL_METRIC",
     "AugmentationSection",
     "ModelSection",
     "OptimiserSection",

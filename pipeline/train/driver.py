@@ -16,8 +16,8 @@ import numpy as np
 from pipeline import checkpoints, tracking
 from pipeline.config import ConfigError
 from pipeline.shards import ShardStore, canonical_uri
-from pipeline.train.config import TrainConfig
-from pipeline.train.loop import VAL_METRIC, train_loop_per_worker
+from pipeline.train.config import BEST_MODEL, FINAL_MODEL, VAL_METRIC, TrainConfig
+from pipeline.train.loop import train_loop_per_worker
 
 
 @dataclass
@@ -45,6 +45,8 @@ def check_inputs(config: TrainConfig) -> tuple[ShardStore, int]:
             raise ConfigError(f"data {config.data!r} has no {split} images")
     if manifest.statistics is None:
         raise ConfigError(f"data {config.data!r} has no pixel statistics in its manifest")
+    manifest.require_scale(config.scale_max, "scale_max", config.data)
+    manifest.require_scale(config.check_scale, "test_scale", config.data)
     return store, len(manifest.classes)
 
 
@@ -154,7 +156,7 @@ def _finish(run: tracking.Run, config: TrainConfig, result) -> TrainResult:
 
     logged = run.get().data.tags.get("vggpipe.models_logged_for", "")
     if final is not None and logged != final.path:
-        for name, checkpoint in (("best_model", best[0] if best else None), ("final_model", final)):
+        for name, checkpoint in ((BEST_MODEL, best[0] if best else None), (FINAL_MODEL, final)):
             if checkpoint is None:
                 continue
             loaded = checkpoints.load(checkpoint.path)

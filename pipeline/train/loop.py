@@ -22,12 +22,9 @@ import torch.distributed as dist
 from torch import nn
 
 from pipeline import checkpoints, ingest, tracking
-from pipeline.train.config import TrainConfig
+from pipeline.train.config import VAL_METRIC, TrainConfig
 from vgg import init_from_shallower
 from vgg.transforms import TrainingAugmentation, to_model_input
-
-VAL_METRIC = "val_top1_error"  # what the schedule, the best checkpoint and ASHA judge on
-
 
 # ---------------------------------------------------------------------------
 # The learning-rate schedule

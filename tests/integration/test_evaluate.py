@@ -317,10 +317,18 @@ def test_cli_prints_the_table_and_fails_in_one_line(demo_nets, tmp_path, capsys)
     assert main(["evaluate", checkpoint, "--protocols", "ten-crop"]) == 2
     assert main(["evaluate", checkpoint, "--scales", "16", "--tracking-uri", demo_nets["uri"]]) == 2
     assert main(["evaluate", "0" * 32, "--tracking-uri", demo_nets["uri"]]) == 2
+    # The demo shards keep short sides up to 128: Q = 160 would test on upsampled pixels.
+    assert (
+        main(["evaluate", checkpoint, "--scales", "160", "--tracking-uri", demo_nets["uri"]]) == 2
+    )
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 4 and all(line.startswith("vggpipe evaluate: error:") for line in errors)
+    assert len(errors) == 5 and all(line.startswith("vggpipe evaluate: error:") for line in errors)
     assert "protocols must be" in errors[1] and "crop size (32)" in errors[2]
     assert f"no MLflow run {'0' * 32}" in errors[3]
+    assert errors[4].endswith(
+        f"scales 160 is above the 128-pixel short side that {demo_nets['data']} stores "
+        "(its max_short_side); preprocess again with max_short_side >= 160"
+    )
 
 
 def test_a_relative_checkpoint_path_loads_and_finds_its_run(demo_nets):

@@ -20,6 +20,7 @@ from pipeline import checkpoints, tracking
 from pipeline.config import flat_params
 from pipeline.recipes import recipe
 from pipeline.train import train
+from tests.commands import vggpipe
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +200,19 @@ def test_rerunning_a_finished_run_name_resumes_it(smoke_run, store):
     assert again.final_checkpoint == first.final_checkpoint
     history = MlflowClient(store["uri"]).get_metric_history(first.run_id, "train_loss")
     assert sorted(m.step for m in history) == [0, 1]
+
+
+def test_a_scale_the_shards_cannot_serve_is_refused_in_one_line_before_ray(demo_shards, tmp_path):
+    """The demo shards keep short sides up to 128 pixels: S = 160 would train on
+    upsampled pixels."""
+    done = vggpipe(
+        *("train", "--recipe", "smoke", "--data", demo_shards),
+        *("--set", "scale_max=160", "--set", f"tracking_uri=sqlite:///{tmp_path}/mlflow.db"),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"vggpipe train: error: scale_max 160 is above the 128-pixel short side that "
+        f"{demo_shards} stores (its max_short_side); preprocess again with max_short_side >= 160"
+    ]
+    assert not (tmp_path / "mlflow.db").exists(), "refused before any run was opened"

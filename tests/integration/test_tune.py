@@ -28,8 +28,8 @@ import pytest
 
 from pipeline import tracking
 from pipeline.recipes import tune_recipe
-from pipeline.tune.config import TuneConfig
-from pipeline.tune.driver import BEST_TAG, OUTCOME_TAG, STOPPED_EARLY, TuneResult, tune
+from pipeline.tune import BEST_TAG, OUTCOME_TAG, STOPPED_EARLY, TuneResult, tune
+from pipeline.tune.config import TuneConfig, apply_tune_overrides
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -113,7 +113,9 @@ def killed_sweep(tmp_path_factory, demo_shards, ray_local) -> KilledSweep:
     log = root / "killed_driver.log"
     with log.open("w") as output:
         driver = subprocess.Popen(
-            [sys.executable, "-m", "jobs.tune", "--recipe", "tune-smoke"]
+            # "local": its own Ray even where /tmp/ray names another (or a dead)
+            # cluster, which ray.init() with no address would try to join.
+            [sys.executable, "-m", "jobs.tune", "--recipe", "tune-smoke", "--address", "local"]
             + [word for override in overrides for word in ("--set", override)],
             cwd=REPO,
             stdout=output,
@@ -218,7 +220,8 @@ def test_table_and_plot_are_artifacts_of_the_parent_run(killed_sweep, tmp_path):
         a.path for a in tracking.client(sweep.uri).list_artifacts(result.parent_run_id, "sweep")
     }
     assert names == {"sweep/trials.md", "sweep/trials.csv", "sweep/error_vs_lr.png"}
-    folder = Path(tracking.download_artifacts(result.parent_run_id, "sweep", sweep.uri))
+    parent = tracking.Run(result.parent_run_id, sweep.uri)
+    folder = Path(parent.download_artifacts("sweep"))
     rows = list(csv.DictReader(io.StringIO((folder / "trials.csv").read_text())))
     assert {row["run_id"] for row in rows} == {t.run_id for t in result.trials}
     assert {row["stopped_early"] for row in rows} == {"True", "False"}
@@ -229,7 +232,9 @@ def test_table_and_plot_are_artifacts_of_the_parent_run(killed_sweep, tmp_path):
 def test_running_the_finished_sweep_again_changes_nothing(killed_sweep):
     sweep, first = killed_sweep, killed_sweep.result
     runs_before = _children_by_name(sweep.uri)
-    again = tune(sweep.config)
+    # Settings that do not change the result may differ: the same sweep, resumed.
+    hardware = ["max_concurrent_trials=1", "train.num_workers=2", "train.micro_batch_size=8"]
+    again = tune(apply_tune_overrides(sweep.config, hardware))
     assert [t.run_id for t in again.trials] == [t.run_id for t in first.trials]
     assert again.model_version == first.model_version  # no second registry version
     runs_after = _children_by_name(sweep.uri)

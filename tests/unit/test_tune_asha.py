@@ -11,17 +11,14 @@ from types import SimpleNamespace
 import pyarrow.fs
 from ray.tune.schedulers import TrialScheduler
 
-from pipeline.tune.driver import EPOCHS_DONE, VAL_METRIC, _resumable_asha
+from pipeline.recipes import tune_recipe
+from pipeline.tune.asha import EPOCHS_DONE, sweep_scheduler
+from pipeline.tune.results import VAL_METRIC
 
 
 def _scheduler(epochs: int = 3):
-    scheduler = _resumable_asha(
-        time_attr=EPOCHS_DONE,
-        max_t=epochs - 1,
-        grace_period=1,
-        reduction_factor=2,
-        stop_last_trials=False,
-    )
+    """The scheduler the tune-smoke sweep builds (grace period 1, halving)."""
+    scheduler = sweep_scheduler(tune_recipe("tune-smoke", [f"epochs={epochs}"]))
     scheduler.set_search_properties(VAL_METRIC, "min")
     return scheduler
 

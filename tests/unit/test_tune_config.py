@@ -123,6 +123,26 @@ def test_config_round_trips_through_json_and_logs_flat():
     assert all(isinstance(value, str) for value in params.values())
 
 
+def test_only_settings_that_change_the_sweeps_result_are_fingerprinted():
+    # A rerun under the same name is refused only when a fingerprinted param
+    # differs: more trials at once or more training workers resume the sweep.
+    config = tune_recipe("tune-smoke", ["grid.width=0.0625,0.125"])
+    params, fingerprint = config.flat_params(), set(config.fingerprint_params())
+    assert fingerprint <= set(params)
+    assert {
+        "lrs", "lr_range", "scales", "grid", "num_samples", "seed", "grace_period",
+        "reduction_factor", "train.lr", "train.epochs", "train.width", "train.data",
+    } <= fingerprint  # fmt: skip
+    assert fingerprint.isdisjoint(
+        {
+            "name", "recipe", "max_concurrent_trials", "trial_driver_cpus",
+            "registered_model", "alias", "train.num_workers", "train.micro_batch_size",
+            "train.cpus_per_worker", "train.use_gpu", "train.run_name",
+            "train.storage_path", "train.tracking_uri", "train.parent_run_id",
+        }
+    )  # fmt: skip
+
+
 def test_search_space_puts_lr_last_so_that_neighbouring_trials_differ_in_lr():
     from ray import tune
 

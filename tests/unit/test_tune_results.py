@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from pipeline.tune.driver import (
+from pipeline.tune.results import (
     FAILED,
     FINISHED,
     STOPPED_EARLY,
