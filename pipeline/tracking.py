@@ -53,11 +53,22 @@ def client(uri: str | None = None) -> MlflowClient:
 
 
 def experiment_id(name: str, uri: str | None = None) -> str:
+    """The id of experiment `name`, created when missing. Another process may
+    create it between the lookup and the creation (two commands, or a command
+    and the UI, starting at once): then its id is looked up again."""
+    from mlflow.exceptions import MlflowException
+
     mlflow_client = client(uri)
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return mlflow_client.create_experiment(name)
+    try:
+        return mlflow_client.create_experiment(name)
+    except MlflowException:
+        experiment = mlflow_client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 def find_run(name: str, experiment: str, uri: str | None = None):

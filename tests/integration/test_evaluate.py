@@ -211,14 +211,27 @@ def test_workers_share_the_images_and_agree_with_a_plain_loop(demo_nets, tmp_pat
         assert row.top1_error == pytest.approx(100 * top1_errors / images)
 
 
-def test_a_torchvision_state_dict_is_evaluated_through_interop(demo_nets, tmp_path):
+@pytest.fixture(scope="module")
+def shards_at_256(tmp_path_factory, ray_local) -> str:
+    """A few demo digits stored with short sides up to 256: torchvision's nets
+    take 224 crops and are tested at Q = 256, more than the session's shards keep."""
+    from pipeline.demo_data import make_demo_data
+    from pipeline.preprocess import preprocess
+
+    root = tmp_path_factory.mktemp("shards-256")
+    make_demo_data(root / "source", per_class=3)
+    preprocess(str(root / "source"), str(root / "shards"), max_short_side=256, progress=False)
+    return str(root / "shards")
+
+
+def test_a_torchvision_state_dict_is_evaluated_through_interop(demo_nets, shards_at_256, tmp_path):
     torch.manual_seed(0)
     # torchvision's VGG-11 with random weights, ten classes to match the demo data.
     weights = tmp_path / "vgg11-random.pth"
     torch.save(torchvision.models.vgg11(num_classes=10).state_dict(), weights)
     result = evaluate(
         str(weights),
-        data=demo_nets["data"],
+        data=shards_at_256,
         protocols=("centre", "dense"),
         scales=("single",),
         limit=2,
