@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean
+.PHONY: demo test test-extra lint format clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ format: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# Checks too long for make test's budget (benchmarks/gpu_check.py on the CPU);
+# .ci/run runs them after make test.
+test-extra: $(STAMP)
+	$(BIN)/python -m pytest -m extra
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
