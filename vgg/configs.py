@@ -1,5 +1,6 @@
-"""The paper's Table 1 as data, and the names it goes by: no torch here, so a
-config can be named and checked (`resolve_config`) without loading torch."""
+"""The paper's Table 1 as data, and the names its settings go by: no torch
+here, so a config can be named and checked (`resolve_config`) without loading
+torch."""
 
 from __future__ import annotations
 
@@ -46,4 +47,16 @@ def resolve_config(config: str) -> str:
     return name
 
 
-__all__ = ["ALIASES", "CONFIGS", "FC_WIDTH", "INIT_SCHEMES", "ConvSpec", "resolve_config"]
+# Dense evaluation's ways to turn a class-score map into one vector
+# (vgg.evaluation.spatial_average), named here so configs check them without torch.
+SCORE_POOLING = ("mean", "sum")
+
+__all__ = [
+    "ALIASES",
+    "CONFIGS",
+    "FC_WIDTH",
+    "INIT_SCHEMES",
+    "SCORE_POOLING",
+    "ConvSpec",
+    "resolve_config",
+]

@@ -35,9 +35,16 @@ def _linear_as_conv(linear: nn.Linear, in_channels: int, kernel: int) -> nn.Conv
     return conv
 
 
-def to_fully_convolutional(model: VGG) -> DenseVGG:
+def to_fully_convolutional(model: VGG, *, ceil_mode: bool = True) -> DenseVGG:
     """A dense-evaluation copy of `model` with the same weights (the model itself
-    is left as it was). The copy is in eval mode, as evaluation wants."""
+    is left as it was). The copy is in eval mode, as evaluation wants.
+
+    `ceil_mode`: how its max-pools round an odd size. The paper's Caffe nets
+    round up, so at a Q that is not a multiple of 32 the bottom and right
+    border still reach a score window; PyTorch's default rounds down and drops
+    them. At the 224 training crops (a multiple of 32) the two agree, so any
+    weights, torchvision's (trained with floor) included, load either way; only
+    dense evaluation at other Q differs. True (the default) is the paper's."""
     fc1, fc2, fc3 = (model.classifier[i] for i in (0, 3, 6))
     kernel = model.crop_size // 32
     in_channels = fc1.in_features // (kernel * kernel)
@@ -50,6 +57,10 @@ def to_fully_convolutional(model: VGG) -> DenseVGG:
         copy.deepcopy(model.classifier[5]),
         _linear_as_conv(fc3, fc3.in_features, 1),
     )
-    dense = DenseVGG(copy.deepcopy(model.features), classifier)
+    features = copy.deepcopy(model.features)
+    for layer in features:
+        if isinstance(layer, nn.MaxPool2d):
+            layer.ceil_mode = ceil_mode
+    dense = DenseVGG(features, classifier)
     dense.to(device=fc1.weight.device, dtype=fc1.weight.dtype)
     return dense.eval()

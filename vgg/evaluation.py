@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vgg.configs import CONFIGS
+from vgg.configs import CONFIGS, SCORE_POOLING
 from vgg.model import VGG
 
 # Fixed S: the paper's multi-scale test uses Q in {S - 32, S, S + 32}.
@@ -73,22 +73,28 @@ def softmax_posteriors(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=1)
 
 
-def spatial_average(score_maps: torch.Tensor) -> torch.Tensor:
+def spatial_average(score_maps: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
     """(N, K, h, w) class-score maps to (N, K). The paper says "spatially
-    averaged (sum-pooled)"; a mean keeps the scores at one window's scale, so a
-    crop_size image gives exactly the single-crop logits and the softmax is no
-    sharper for a larger image."""
-    return score_maps.float().mean(dim=(2, 3))
+    averaged (sum-pooled)". "mean" (the default) keeps the scores at one
+    window's scale, so a crop_size image gives exactly the single-crop logits
+    and the softmax is no sharper for a larger image; "sum" is the literal
+    reading, whose softmax sharpens with the number of windows."""
+    if pooling not in SCORE_POOLING:
+        raise ValueError(f"pooling must be one of {', '.join(SCORE_POOLING)}; got {pooling!r}")
+    scores = score_maps.float()
+    return scores.sum(dim=(2, 3)) if pooling == "sum" else scores.mean(dim=(2, 3))
 
 
-def dense_posteriors(dense: nn.Module, images: torch.Tensor, *, flip: bool = True) -> torch.Tensor:
+def dense_posteriors(
+    dense: nn.Module, images: torch.Tensor, *, flip: bool = True, pooling: str = "mean"
+) -> torch.Tensor:
     """Dense evaluation of a batch of equal-size whole images (N, 3, H, W):
-    the fully convolutional net's score map, spatially averaged, to softmax
-    posteriors; with `flip`, the same for the mirrored images, and the two
-    posteriors averaged. Both orientations go through one forward pass."""
+    the fully convolutional net's score map, pooled (`spatial_average`), to
+    softmax posteriors; with `flip`, the same for the mirrored images, and the
+    two posteriors averaged. Both orientations go through one forward pass."""
     count = len(images)
     views = torch.cat([images, images.flip(-1)]) if flip else images
-    posteriors = softmax_posteriors(spatial_average(dense(views)))
+    posteriors = softmax_posteriors(spatial_average(dense(views), pooling))
     return (posteriors[:count] + posteriors[count:]) / 2 if flip else posteriors
 
 

@@ -93,6 +93,20 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--grid", type=int, default=defaults.grid, help="multi-crop grid side (default 5: 50 crops)"
     )
+    parser.add_argument(
+        "--dense-pooling",
+        choices=("mean", "sum"),
+        default=defaults.dense_pooling,
+        help="dense evaluation: average the class-score map (default) or sum it, the "
+        "paper's 'sum-pooled' read literally",
+    )
+    parser.add_argument(
+        "--dense-floor-pooling",
+        dest="dense_ceil_mode",
+        action="store_false",
+        help="dense evaluation: max-pools round odd sizes down (PyTorch's default) "
+        "instead of up (the paper's Caffe nets)",
+    )
     parser.add_argument("--limit", type=int, help="evaluate only the split's first LIMIT images")
     parser.add_argument(
         "--predictions",
@@ -144,6 +158,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         scales=tuple(args.scales) if args.scales else SCALE_SETS,
         ensemble=args.ensemble,
         grid=args.grid,
+        dense_pooling=args.dense_pooling,
+        dense_ceil_mode=args.dense_ceil_mode,
         limit=args.limit,
         predictions=args.predictions,
         batch_size=args.batch_size,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.config import ConfigError, Serialised, TrackingSection, as_tuple, option, require
+from vgg.configs import SCORE_POOLING
 
 EVALUATION_PROTOCOLS = ("centre", "dense", "multi-crop", "dense+multi-crop")
 SCALE_SETS = ("single", "multi")
@@ -54,6 +55,12 @@ class ProtocolSection:
     limit: int | None = option(None, fingerprint=True)
     # Also write each image's top-5 classes (predictions.parquet): another output
     predictions: bool = option(False, fingerprint=True)
+    # Dense evaluation's max-pools round odd sizes up, as the paper's Caffe nets
+    # did (False: PyTorch's floor, which drops the border at Q not a multiple of 32)
+    dense_ceil_mode: bool = option(True, fingerprint=True)
+    # The score map to one vector: "mean" (default) or "sum" (the paper's
+    # "sum-pooled" read literally; it sharpens the softmax on larger images)
+    dense_pooling: str = option("mean", fingerprint=True)
 
     def _check_protocols(self) -> None:
         as_tuple(self, "protocols", "scales")
@@ -68,6 +75,12 @@ class ProtocolSection:
         require(self.grid >= 2, "grid", ">= 2 (corners and centre need a grid)", self.grid)
         if self.limit is not None:
             require(self.limit >= 1, "limit", ">= 1 or None", self.limit)
+        require(
+            self.dense_pooling in SCORE_POOLING,
+            "dense_pooling",
+            f"one of {', '.join(SCORE_POOLING)}",
+            self.dense_pooling,
+        )
 
     @property
     def scale_sets(self) -> tuple[str | tuple[int, ...], ...]:

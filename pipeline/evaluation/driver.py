@@ -197,6 +197,8 @@ def run_evaluation(
                 data_cpus_per_task=config.data_cpus_per_task,
                 limit=limit,
                 predictions=config.predictions,
+                dense_ceil_mode=config.dense_ceil_mode,
+                dense_pooling=config.dense_pooling,
             ),
             rank,
             workers,

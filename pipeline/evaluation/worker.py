@@ -47,6 +47,8 @@ class ShareJob:
     data_cpus_per_task: float
     limit: int | None  # this worker's image limit
     predictions: bool = False  # return each image's top-5 classes per row
+    dense_ceil_mode: bool = True  # EvaluateConfig.dense_ceil_mode
+    dense_pooling: str = "mean"  # EvaluateConfig.dense_pooling
 
 
 @dataclass
@@ -123,7 +125,7 @@ class _ShareEvaluator:
         ]
         self.needs = needed_views(job.rows)
         self.dense_nets = {
-            i: to_fully_convolutional(self.nets[i])
+            i: to_fully_convolutional(self.nets[i], ceil_mode=job.dense_ceil_mode)
             for views in self.needs.values()
             for i, wanted in views.items()
             if "dense" in wanted
@@ -173,7 +175,7 @@ class _ShareEvaluator:
         for i in models:
             x = _as_input(bucket.stacked(), self.job.models[i], self.device)
             with self.autocast:
-                posteriors = dense_posteriors(self.dense_nets[i], x)
+                posteriors = dense_posteriors(self.dense_nets[i], x, pooling=self.job.dense_pooling)
             self.collected.add(i, scale, "dense", bucket.keys, posteriors)
             self.dense_images += len(bucket.keys)
             self.dense_passes += 1

@@ -13,6 +13,7 @@ from vgg import (
     to_fully_convolutional,
     to_torchvision_state_dict,
 )
+from vgg.evaluation import spatial_average
 
 TORCHVISION_TWINS = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
 
@@ -54,6 +55,27 @@ def test_dense_network_equals_logits_on_a_crop_and_maps_larger_inputs():
         assert torch.allclose(scores.flatten(1), logits, atol=1e-5)
         assert logits.abs().max() > 0.1
         assert dense(torch.randn(1, 3, 384, 384)).shape == (1, 10, 6, 6)
+
+
+def test_dense_pooling_rounds_up_as_caffe_did_unless_asked_not_to():
+    torch.manual_seed(0)
+    model = build_vgg("A", width=0.0625, num_classes=4, crop_size=32, init="kaiming").eval()
+    ceil, floor = to_fully_convolutional(model), to_fully_convolutional(model, ceil_mode=False)
+    with torch.no_grad():
+        # 48 pixels: 24, 12, 6, 3, then 2 windows rounding up, 1 rounding down;
+        # the border the floor drops is a whole score window here.
+        assert ceil(torch.randn(1, 3, 48, 48)).shape == (1, 4, 2, 2)
+        assert floor(torch.randn(1, 3, 48, 48)).shape == (1, 4, 1, 1)
+        # At a multiple of 32 the two agree to the bit.
+        image = torch.randn(1, 3, 64, 96)
+        assert torch.equal(ceil(image), floor(image))
+
+
+def test_score_maps_are_averaged_or_summed():
+    maps = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).view(2, 3, 2, 2)
+    assert torch.equal(spatial_average(maps, "sum"), 4 * spatial_average(maps))
+    with pytest.raises(ValueError, match="pooling must be one of mean, sum"):
+        spatial_average(maps, "max")
 
 
 def test_dense_network_is_a_copy():
