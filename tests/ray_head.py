@@ -27,7 +27,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-VGGPIPE = [shutil.which("vggpipe", path=str(BIN))]
 HEAD_START_SECONDS = 120
 ADDRESS_VARIABLES = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
 AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
@@ -110,9 +109,11 @@ def kill_session(session_id: int, spare: int) -> None:
         psutil.wait_procs(found, timeout=10)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_head():
-    """The Jobs API URL of a one-CPU Ray head that this module owns alone."""
+    """The Jobs API URL of a one-CPU Ray head of this test session's own, shared
+    by the tests that submit jobs (each job is its own; starting a head costs
+    seconds the suite's budget does not have twice)."""
     # Short and private: Ray's Unix sockets live under it (108-byte path limit),
     # and with it `ray start` writes its address file here, not in /tmp/ray,
     # so a bare ray.init() elsewhere on this machine never joins this head.

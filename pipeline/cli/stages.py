@@ -44,10 +44,10 @@ def _train_config(args: argparse.Namespace):
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    config = _train_config(args)  # validated before torch, Ray or MLflow load
     from pipeline import tracking
     from pipeline.train import summary_lines, train
 
-    config = _train_config(args)  # validated here, before any Ray work
     result = train(config, address=args.address)
     print("\n".join(summary_lines(result, tracking.tracking_uri(config.tracking_uri))))
     return 0
@@ -147,7 +147,6 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.evaluation import run_evaluation
     from pipeline.evaluation.config import SCALE_SETS, EvaluateConfig
 
     config = EvaluateConfig(  # validated here, before any Ray work
@@ -174,6 +173,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         experiment=args.experiment,
         tracking_uri=args.tracking_uri,
     )
+    from pipeline.evaluation import run_evaluation
+
     result = run_evaluation(config, address=args.address, progress=not args.no_progress)
     print(result.summary())
     return 0
@@ -214,11 +215,12 @@ def register_tune(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_tune(args: argparse.Namespace) -> int:
     from pipeline.recipes import tune_recipe
-    from pipeline.tune import summary_lines, tune
 
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data={args.data}")
-    config = tune_recipe(args.recipe, overrides)  # validated here, before any Ray work
+    config = tune_recipe(args.recipe, overrides)  # validated before torch, Ray or MLflow load
+    from pipeline.tune import summary_lines, tune
+
     print("\n".join(summary_lines(tune(config, address=args.address))))
     return 0

@@ -50,7 +50,7 @@ def _tune_smoke(**overrides: Any) -> TuneConfig:
 
 def _tune_demo(**overrides: Any) -> TuneConfig:
     """The demo recipe's net: four learning rates drawn log-uniformly per scale
-    (fixed S = 36 and S jittered in [36; 48]), ASHA from epoch 2 with rungs at
+    (fixed S = 72 and S jittered in [72; 96]), ASHA from epoch 2 with rungs at
     epochs 2, 6 and 18."""
     return TuneConfig(
         recipe="tune-demo",
@@ -58,7 +58,7 @@ def _tune_demo(**overrides: Any) -> TuneConfig:
         train=demo(),
         lr_range=(1e-4, 3e-2),
         num_samples=4,
-        scales=((36, 36), (36, 48)),
+        scales=((72, 72), (72, 96)),
         grace_period=2,
         reduction_factor=3,
         **overrides,

@@ -17,21 +17,21 @@ def _workflow_paper(**overrides: Any) -> WorkflowConfig:
 
 def _workflow_demo(**overrides: Any) -> WorkflowConfig:
     """The paper's graph scaled to the demo digits and two CPU cores: the demo
-    recipe's narrow nets on 32-pixel crops, S = 36 for 256 (the paper's crop to
-    S ratio), 54 for 384 and [36; 72] for [256; 512]. Net D is trained from A and
-    also from random weights, then at S = 54 and jittered; all fit in ~10
-    minutes here (see README)."""
+    recipe's narrow nets on 64-pixel crops, S = 72 for 256, 108 for 384 and
+    [72; 144] for [256; 512] (the paper's ratios to the crop), and a multi-scale
+    step of 8 for its 32. Net D is trained from A and also from random weights,
+    then at S = 108 and jittered (see README for how long it takes)."""
     return WorkflowConfig(
         recipe="demo",
         train_recipe="demo",
-        max_short_side=80,
+        max_short_side=160,  # the largest Q: 144 for the jittered net
         shard_rows=500,
-        base_scale=36,
+        base_scale=72,
         from_a=("D",),
         random_init=("D",),
         scale_configs=("D",),
-        large_scale=54,
-        jitter_scale="36:72",
+        large_scale=108,
+        jitter_scale="72:144",
         base_epochs=10,
         finetune_epochs=4,
         # The digits' 359 validation images make the per-epoch error noisy (a few
@@ -41,8 +41,8 @@ def _workflow_demo(**overrides: Any) -> WorkflowConfig:
         # the images/s of one (benchmarks/scaling.py); data-parallel training is
         # what the tests' multi-node runs and `vggpipe train --recipe demo` show.
         train_overrides=("lr_patience=3", "num_workers=1", "cpus_per_worker=1"),
-        scale_step=4,
-        ensemble=("D-36", "D-36-72"),
+        scale_step=8,
+        ensemble=("D-72", "D-72-144"),
         eval_overrides=("grid=3",),
         **overrides,
     )

@@ -144,6 +144,40 @@ def _initial_weights(model: nn.Module, loop_config: dict[str, Any]) -> list[str]
     return []
 
 
+def sgd_step(
+    model: nn.Module,
+    forward,
+    optimiser: torch.optim.Optimizer,
+    micro_batches: list[dict[str, Any]],
+    *,
+    augmentation: TrainingAugmentation,
+    stats,
+    generator: torch.Generator,
+    config: TrainConfig,
+    device: torch.device,
+) -> torch.Tensor:
+    """One SGD step over `micro_batches` of uint8 crops: the device half of the
+    augmentation (its noise drawn on the CPU `generator`), forward, cross-entropy
+    loss, backward with gradients accumulated and synchronised across workers on
+    the last micro-batch only, then the optimiser step. Returns the summed loss
+    of the step's images as a detached device tensor: the caller reads it once
+    per step, not once per micro-batch."""
+    optimiser.zero_grad(set_to_none=True)
+    accumulation = len(micro_batches)
+    total = torch.zeros((), device=device)
+    for index, batch in enumerate(micro_batches):
+        images = augmentation.finish(
+            batch["image"], stats, generator=generator, channels_last=config.channels_last
+        )
+        sync = index == accumulation - 1 or not hasattr(model, "no_sync")
+        with nullcontext() if sync else model.no_sync(), _autocast(config, device):
+            loss = nn.functional.cross_entropy(forward(images), batch["label"]) / accumulation
+        loss.backward()
+        total = total + loss.detach().float() * accumulation * len(batch["label"])
+    optimiser.step()
+    return total
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -177,8 +211,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
     forward = torch.compile(model) if config.compile else model
 
-    # Loss, optimiser, schedule.
-    loss_fn = nn.CrossEntropyLoss()
+    # Loss (in sgd_step), optimiser, schedule.
     optimiser = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -223,7 +256,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             )
         )
         while config.max_steps_per_epoch is None or steps < config.max_steps_per_epoch:
-            optimiser.zero_grad(set_to_none=True)
             micro_batches = []
             wait_start = time.perf_counter()
             for _ in range(accumulation):
@@ -234,21 +266,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             waiting += time.perf_counter() - wait_start
             if len(micro_batches) < accumulation:
                 break  # the epoch's last partial step is dropped, as drop_last does
-            for index, batch in enumerate(micro_batches):
-                images = augmentation.finish(
-                    batch["image"],
-                    stats,
-                    generator=colour_generator,
-                    channels_last=config.channels_last,
-                )
-                # Only the last micro-batch synchronises gradients across workers.
-                sync = index == len(micro_batches) - 1 or not hasattr(model, "no_sync")
-                with nullcontext() if sync else model.no_sync(), _autocast(config, device):
-                    loss = loss_fn(forward(images), batch["label"]) / accumulation
-                loss.backward()
-                loss_sum += loss.item() * accumulation * len(batch["label"])
-                images_seen += len(batch["label"])
-            optimiser.step()
+            loss_sum += sgd_step(
+                model,
+                forward,
+                optimiser,
+                micro_batches,
+                augmentation=augmentation,
+                stats=stats,
+                generator=colour_generator,
+                config=config,
+                device=device,
+            ).item()
+            images_seen += sum(len(batch["label"]) for batch in micro_batches)
             steps += 1
         elapsed = time.perf_counter() - epoch_start
 

@@ -12,10 +12,10 @@ def test_demo_plan_writes_the_demo_data_and_lists_the_papers_stages(tmp_path):
     stages = {line.split()[0]: line for line in result.stdout.splitlines() if "to run" in line}
     assert list(stages)[0] == "preprocess"
     # The deep net from net A, and the same net from random weights beside it.
-    assert stages["train/D-36"].endswith("<- preprocess, train/A-36")
-    assert stages["train/D-36-random"].endswith("<- preprocess")
-    assert stages["train/D-36-72"].endswith("<- preprocess, train/D-54")
-    assert {"evaluate/D-36", "evaluate/D-36-random", "ensemble", "tables"} <= set(stages)
+    assert stages["train/D-72"].endswith("<- preprocess, train/A-72")
+    assert stages["train/D-72-random"].endswith("<- preprocess")
+    assert stages["train/D-72-144"].endswith("<- preprocess, train/D-108")
+    assert {"evaluate/D-72", "evaluate/D-72-random", "ensemble", "tables"} <= set(stages)
 
 
 def test_run_with_bad_input_exits_non_zero_with_one_line(tmp_path):

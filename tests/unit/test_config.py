@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from pipeline.config import ConfigError, apply_overrides, flat_params
 from pipeline.recipes import RECIPES, recipe
 from pipeline.train.config import TrainConfig
 from pipeline.train.loop import PlateauSchedule
-
-VGGPIPE = str(Path(sys.executable).with_name("vggpipe"))
+from tests.commands import vggpipe
 
 
 def test_every_recipe_builds_a_valid_config():
@@ -92,26 +87,16 @@ def test_cli_rejects_a_bad_config_before_any_ray_work(tmp_path):
         (["--set", "lr=-1"], "lr"),
         (["--set", "num_workers=3"], "global_batch_size"),
     ):
-        result = subprocess.run(
-            [VGGPIPE, "train", "--recipe", "smoke", "--data", str(tmp_path), *overrides],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
+        result = vggpipe(
+            "train", "--recipe", "smoke", "--data", str(tmp_path), *overrides, cwd=tmp_path
         )
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and f"{field_name} must be" in lines[0]
         assert "Ray" not in result.stdout + result.stderr
-    unknown = subprocess.run(
-        [VGGPIPE, "train", "--recipe", "nope"], capture_output=True, text=True, cwd=tmp_path
-    )
+    unknown = vggpipe("train", "--recipe", "nope", cwd=tmp_path)
     assert unknown.returncode == 2 and "unknown recipe 'nope'" in unknown.stderr
-    missing = subprocess.run(
-        [VGGPIPE, "train", "--recipe", "smoke", "--data", str(tmp_path / "none")],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    missing = vggpipe("train", "--recipe", "smoke", "--data", str(tmp_path / "none"), cwd=tmp_path)
     assert missing.returncode == 2 and "manifest.json" in missing.stderr
     assert not (tmp_path / "mlflow.db").exists(), "nothing is written for a bad input"
 
@@ -129,3 +114,11 @@ def test_plateau_schedule_divides_then_stops():
     for error in (0.3, 0.3):
         schedule.step(error)
     assert schedule.finished
+
+
+def test_the_demo_crop_gives_dense_evaluation_several_score_windows():
+    """At 32-pixel crops FC1 is a 1x1 conv and dense evaluation at Q = S sees one
+    window at the top left: the demo must crop at least 64 pixels."""
+    config = recipe("demo")
+    assert config.crop_size >= 64
+    assert config.scale_min >= config.crop_size

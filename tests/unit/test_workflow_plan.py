@@ -169,17 +169,17 @@ def test_missing_data_is_named(tmp_path):
 
 def test_the_demo_trains_a_deep_net_from_a_and_from_random_weights():
     graph = {net.key: net for net in nets(workflow_recipe("demo"))}
-    assert graph["D-36"].start == "A-36" and graph["D-36"].start_mode == "init_from"
-    assert graph["D-36-random"].config == "D" and graph["D-36-random"].start is None
-    assert graph["D-36-72"].start == "D-54"
+    assert graph["D-72"].start == "A-72" and graph["D-72"].start_mode == "init_from"
+    assert graph["D-72-random"].config == "D" and graph["D-72-random"].start is None
+    assert graph["D-72-144"].start == "D-108"
 
 
 def test_stages_share_the_cluster_only_when_their_resources_fit(source):
     stages = {s.key: s for s in plan(workflow_recipe("demo", [f"data={source}"]))}
     cluster = {"CPU": 2.0}
-    train = stages["train/D-36"].resources(cluster)
+    train = stages["train/D-72"].resources(cluster)
     assert train == {"CPU": 2 * 0.5 + 0.5}
-    evaluate = stages["evaluate/D-36"].resources(cluster)
+    evaluate = stages["evaluate/D-72"].resources(cluster)
     assert evaluate == {"CPU": 2.0}
     assert fits(train, {}, cluster)
     assert not fits(train, train, cluster)  # two demo trainings would oversubscribe 2 CPUs
