@@ -17,8 +17,10 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # names, and one a crashed run left in /tmp/ray would capture (and hang) every
 # `vggpipe` the tests start. Short, because Ray's socket paths must fit in 107
 # bytes. Left in place: .ci/ray-log-digest reads its logs after a failed run.
-if "RAY_TMPDIR" not in os.environ:
+# One per process: pytest-xdist's workers each run their own Ray.
+if "RAY_TMPDIR" not in os.environ or os.environ.get("VGGPIPE_TESTS_SET_RAY_TMPDIR"):
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="vggpipe-ray-", dir="/tmp")
+    os.environ["VGGPIPE_TESTS_SET_RAY_TMPDIR"] = "1"
 
 from tests.ray_head import ray_head  # noqa: F401 (a fixture: a Ray head with the Jobs API)
 

@@ -41,7 +41,9 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_run)
 
 
-def _add_workflow_arguments(parser: argparse.ArgumentParser, work_dir: str | None = None) -> None:
+def _add_workflow_arguments(
+    parser: argparse.ArgumentParser, work_dir: str | None = None, address: str | None = None
+) -> None:
     parser.add_argument(
         "--work-dir",
         default=work_dir,
@@ -60,7 +62,7 @@ def _add_workflow_arguments(parser: argparse.ArgumentParser, work_dir: str | Non
     parser.add_argument(
         "--plan", action="store_true", help="print the stages and which are finished; run nothing"
     )
-    add_address(parser)
+    add_address(parser, default=address)
 
 
 def _workflow_config(recipe_name: str, args: argparse.Namespace, data: str):
@@ -116,7 +118,8 @@ def register_demo(subparsers: argparse._SubParsersAction) -> None:
         "Prints the paper-style tables and the command that opens the MLflow UI. Running it "
         "again reuses every finished stage.",
     )
-    _add_workflow_arguments(parser, work_dir="vggpipe-demo")
+    # The demo is this machine's: never a cluster another command left running.
+    _add_workflow_arguments(parser, work_dir="vggpipe-demo", address="local")
     parser.set_defaults(func=_run_demo)
 
 

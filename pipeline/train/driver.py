@@ -12,12 +12,17 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+from pyarrow.fs import FileType
 
 from pipeline import checkpoints, tracking
 from pipeline.config import ConfigError
-from pipeline.shards import ShardStore, canonical_uri
+from pipeline.shards import ShardStore, canonical_uri, resolve_filesystem
 from pipeline.train.config import BEST_MODEL, FINAL_MODEL, VAL_METRIC, TrainConfig
 from pipeline.train.loop import train_loop_per_worker
+
+# Set once both models are logged from the final checkpoint it names: a rerun
+# that finds it (and a FINISHED run) has nothing left to do.
+MODELS_LOGGED_TAG = "vggpipe.models_logged_for"
 
 
 @dataclass
@@ -96,12 +101,18 @@ def train(
         tags[tracking.INIT_FROM_TAG] = config.init_from
     if config.resume_from:
         tags["vggpipe.resume_from"] = config.resume_from
+    previous = tracking.find_run(config.name, config.experiment, uri)
     run = tracking.start_run(
         config.name, config.experiment, uri=uri, parent_run_id=config.parent_run_id, tags=tags
     )
     try:
         run.log_config(config)
         run.log_text(config.to_json(), "config.json")
+        recorded = _finished_result(previous, config)
+        if recorded is not None:
+            # The same settings ran to the end before: nothing to train, no Ray to start.
+            run.end("FINISHED")
+            return recorded
 
         if not ray.is_initialized():
             ray.init(address=address, log_to_driver=False)
@@ -143,6 +154,29 @@ def train(
     return summary
 
 
+def _finished_result(previous, config: TrainConfig) -> TrainResult | None:
+    """What an earlier run of this name recorded, when it finished with its
+    models logged and its final checkpoint is still in storage; else None."""
+    if previous is None or previous.info.status != "FINISHED":
+        return None
+    tags = previous.data.tags
+    final = tags.get(tracking.FINAL_CHECKPOINT_TAG)
+    if not final or tags.get(MODELS_LOGGED_TAG) != final:
+        return None
+    filesystem, path = resolve_filesystem(final)
+    if filesystem.get_file_info(path).type != FileType.Directory:
+        return None
+    metrics = dict(previous.data.metrics)
+    return TrainResult(
+        run_id=previous.info.run_id,
+        run_name=config.name,
+        metrics=metrics,
+        best_checkpoint=tags.get(tracking.BEST_CHECKPOINT_TAG),
+        final_checkpoint=final,
+        epochs_run=int(metrics.get("epoch", -1)) + 1,
+    )
+
+
 def _finish(run: tracking.Run, config: TrainConfig, result) -> TrainResult:
     """After fit: tag the best and final checkpoints, log both models."""
     best = min(result.best_checkpoints or [], key=lambda cm: cm[1][VAL_METRIC], default=None)
@@ -154,7 +188,7 @@ def _finish(run: tracking.Run, config: TrainConfig, result) -> TrainResult:
         tags[tracking.FINAL_CHECKPOINT_TAG] = final.path
     run.set_tags(tags)
 
-    logged = run.get().data.tags.get("vggpipe.models_logged_for", "")
+    logged = run.get().data.tags.get(MODELS_LOGGED_TAG, "")
     if final is not None and logged != final.path:
         for name, checkpoint in ((BEST_MODEL, best[0] if best else None), (FINAL_MODEL, final)):
             if checkpoint is None:
@@ -164,7 +198,7 @@ def _finish(run: tracking.Run, config: TrainConfig, result) -> TrainResult:
             # fix the batch dimension to the example's if it were one.
             example = np.zeros((2, 3, config.crop_size, config.crop_size), dtype=np.float32)
             run.log_model(loaded.model, name, example)
-        run.set_tags({"vggpipe.models_logged_for": final.path})
+        run.set_tags({MODELS_LOGGED_TAG: final.path})
 
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
     return TrainResult(

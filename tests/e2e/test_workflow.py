@@ -71,11 +71,16 @@ def smoke(tmp_path_factory, mlflow_server):
     root = tmp_path_factory.mktemp("workflow")
     make_demo_data(root / "source", per_class=40)
     command = [str(BIN / "vggpipe"), "run", "--recipe", "smoke", "--data", str(root / "source")]
-    command += ["--work-dir", str(root / "work"), "--address", "local"]
+    # No jittered net: a fine-tune from the larger-S net, a train stage like A-44,
+    # whose minute the suite's budget cannot spare.
+    command += ["--work-dir", str(root / "work"), "--set", "jitter_scale=none"]
+    command += ["--address", "local"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["MLFLOW_TRACKING_URI"] = uri
     config = workflow_recipe(
-        "smoke", [f"data={root / 'source'}", f"work_dir={root / 'work'}", f"tracking_uri={uri}"]
+        "smoke",
+        [f"data={root / 'source'}", f"work_dir={root / 'work'}", f"tracking_uri={uri}"]
+        + ["jitter_scale=none"],
     )
     return {"uri": uri, "artifacts": artifacts, "root": root, "command": command, "env": env,
             "config": config}  # fmt: skip
@@ -164,7 +169,7 @@ def test_stages_nest_under_one_parent_run_on_the_tracking_server(smoke, killed_t
     assert {run.data.tags[STAGE_KEY_TAG] for run in children} == set(_stage_runs(uri))
     assert parent.data.metrics["stages_failed"] == 0
     tables = Path(tracking.Run(parent.info.run_id, uri).download_artifacts("tables.md")).read_text()
-    for net in ("A-36", "B-36", "A-44", "A-36-52", "A-36 + B-36"):
+    for net in ("A-36", "B-36", "A-44", "A-36 + B-36"):
         assert f"| {net} " in tables
     # The server stored the artifacts (models included), not this process.
     assert any(smoke["artifacts"].rglob("MLmodel"))

@@ -40,7 +40,7 @@ DRIVER = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
+@pytest.mark.extra  # minutes here: make test-extra, which .ci/run runs
 def test_two_node_cluster_puts_one_worker_on_each_node(demo_shards, tmp_path):
     completed = subprocess.run(
         [sys.executable, "-c", DRIVER, demo_shards, str(tmp_path)],

@@ -15,7 +15,7 @@ from pipeline.demo_data import make_demo_data
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
+@pytest.mark.extra  # minutes here: make test-extra, which .ci/run runs
 def test_benchmark_reports_ours_against_naive_per_core(tmp_path):
     source = make_demo_data(tmp_path / "src", layout="tars", quirks=True, per_class=8).root
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -195,10 +196,16 @@ def test_killed_worker_resumes_from_its_checkpoint_with_the_same_result(
 
 def test_rerunning_a_finished_run_name_resumes_it(smoke_run, store):
     config, first = smoke_run
-    again = train(config)
+    # Other hardware settings are the same run: nothing is trained again, and
+    # the result is what the finished run recorded.
+    again = train(dataclasses.replace(config, data_cpus_per_task=0.5))
     assert again.run_id == first.run_id
     assert again.final_checkpoint == first.final_checkpoint
-    history = MlflowClient(store["uri"]).get_metric_history(first.run_id, "train_loss")
+    assert again.epochs_run == first.epochs_run == 2
+    assert again.metrics["val_top1_error"] == first.metrics["val_top1_error"]
+    client = MlflowClient(store["uri"])
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+    history = client.get_metric_history(first.run_id, "train_loss")
     assert sorted(m.step for m in history) == [0, 1]
 
 

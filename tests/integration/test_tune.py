@@ -104,9 +104,8 @@ def _wait_until_a_trial_has_finished(
 
 
 @pytest.fixture(scope="module")
-def killed_sweep(tmp_path_factory, demo_shards, ray_local) -> KilledSweep:
-    root = tmp_path_factory.mktemp("tune")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+def killed_sweep(new_store, demo_shards, ray_local) -> KilledSweep:
+    root, uri = new_store("tune")
     experiment_path = root / "runs" / SWEEP
     overrides = [
         *SEARCH,

@@ -14,15 +14,17 @@ from pipeline.workflow import run, summary_lines
 
 
 @pytest.mark.ray
-def test_a_failed_stage_blocks_what_needs_it_and_fails_the_parent(ray_local, demo_shards, tmp_path):
+def test_a_failed_stage_blocks_what_needs_it_and_fails_the_parent(
+    ray_local, demo_shards, new_store
+):
     # A dataset prepared without pixel statistics: planning accepts it (it has
     # a manifest), training refuses it, inside its stage's Ray task.
+    tmp_path, uri = new_store("workflow-failure")
     data = tmp_path / "shards"
     shutil.copytree(demo_shards, data)
     manifest = json.loads((data / "manifest.json").read_text())
     manifest["statistics"] = None
     (data / "manifest.json").write_text(json.dumps(manifest))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = workflow_recipe(
         "smoke", [f"data={data}", f"work_dir={tmp_path / 'work'}", f"tracking_uri={uri}"]
     )
