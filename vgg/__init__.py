@@ -6,33 +6,16 @@ The names below load on first use: `vgg.configs` (the Table 1 data) is
 importable without torch, which keeps configs and command-line help fast.
 """
 
-from importlib import import_module
+import lazy_loader
 
-_LAZY = {
-    "ALIASES": "configs",
-    "CONFIGS": "configs",
-    "VGG": "model",
-    "build_vgg": "model",
-    "init_weights": "model",
-    "vgg11": "model",
-    "vgg13": "model",
-    "vgg16": "model",
-    "vgg19": "model",
-    "DenseVGG": "dense",
-    "to_fully_convolutional": "dense",
-    "load_torchvision_state_dict": "interop",
-    "to_torchvision_state_dict": "interop",
-    "config_table": "summary",
-    "count_macs": "summary",
-    "count_parameters": "summary",
-    "init_from_shallower": "transfer",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(f"vgg.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'vgg' has no attribute {name!r}")
-
-
-__all__ = sorted(_LAZY)
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "configs": ["ALIASES", "CONFIGS"],
+        "model": ["VGG", "build_vgg", "init_weights", "vgg11", "vgg13", "vgg16", "vgg19"],
+        "dense": ["DenseVGG", "to_fully_convolutional"],
+        "interop": ["load_torchvision_state_dict", "to_torchvision_state_dict"],
+        "summary": ["config_table", "count_macs", "count_parameters"],
+        "transfer": ["init_from_shallower"],
+    },
+)

@@ -7,26 +7,18 @@
     results  the table: rows, Markdown, CSV, JSON, predictions
     driver   `evaluate`, `run_evaluation`, and the MLflow logging
 
-The names below load on first use, so importing the package (or its
-`config`) stays light: no torch, Ray or MLflow until a stage runs.
+The names below load on first use (lazy_loader, as SciPy and scikit-image do),
+so importing the package (or its `config`) stays light: no torch, Ray or MLflow
+until a stage runs.
 """
 
-from importlib import import_module
+import lazy_loader
 
-_LAZY = {
-    "evaluate": "driver",
-    "run_evaluation": "driver",
-    "load_model": "nets",
-    "EvaluatedModel": "nets",
-    "EvaluationResult": "results",
-    "TableRow": "results",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = sorted(_LAZY)
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "driver": ["evaluate", "run_evaluation"],
+        "nets": ["load_model", "EvaluatedModel"],
+        "results": ["EvaluationResult", "TableRow"],
+    },
+)

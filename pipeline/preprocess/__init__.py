@@ -5,30 +5,19 @@ goes to which shard and finds what a rerun reuses; `image` processes one image
 and `shard` writes one shard (the body of a shard task); `run` drives it all:
 the shard tasks, the colour statistics, the manifest and the summary.
 
-The names below load on first use, so importing the package (or its
-`config`) stays light: no torch, Ray or MLflow until a stage runs.
+The names below load on first use (lazy_loader, as SciPy and scikit-image do),
+so importing the package (or its `config`) stays light: no torch, Ray or MLflow
+until a stage runs.
 """
 
-from importlib import import_module
+import lazy_loader
 
-_LAZY = {
-    "preprocess": "run",
-    "run_preprocess": "run",
-    "PreprocessSummary": "run",
-    "PreprocessConfig": "config",
-    "make_plan": "plan",
-    "ImageRejected": "image",
-    "ProcessedImage": "image",
-    "process_image": "image",
-    "resize": "image",
-    "shrunk_size": "image",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = sorted(_LAZY)
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "run": ["preprocess", "run_preprocess", "PreprocessSummary"],
+        "config": ["PreprocessConfig"],
+        "plan": ["make_plan"],
+        "image": ["ImageRejected", "ProcessedImage", "process_image", "resize", "shrunk_size"],
+    },
+)

@@ -4,31 +4,28 @@
 the early-stopping scheduler that survives a resume; `results` summarises the
 trials, registers the champion and writes the trials table and plot.
 
-The names below load on first use, so importing the package (or its
-`config`) stays light: no torch, Ray or MLflow until a stage runs.
+The names below load on first use (lazy_loader, as SciPy and scikit-image do),
+so importing the package (or its `config`) stays light: no torch, Ray or MLflow
+until a stage runs.
 """
 
-from importlib import import_module
+import lazy_loader
 
-_LAZY = {
-    "tune": "driver",
-    "EPOCHS_DONE": "asha",
-    "summary_lines": "results",
-    "TrialSummary": "results",
-    "TuneResult": "results",
-    "VAL_METRIC": "results",
-    "BEST_TAG": "results",
-    "OUTCOME_TAG": "results",
-    "FINISHED": "results",
-    "STOPPED_EARLY": "results",
-    "FAILED": "results",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = sorted(_LAZY)
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "driver": ["tune"],
+        "asha": ["EPOCHS_DONE"],
+        "results": [
+            "summary_lines",
+            "TrialSummary",
+            "TuneResult",
+            "VAL_METRIC",
+            "BEST_TAG",
+            "OUTCOME_TAG",
+            "FINISHED",
+            "STOPPED_EARLY",
+            "FAILED",
+        ],
+    },
+)

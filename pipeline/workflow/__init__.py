@@ -7,31 +7,19 @@ resources and run; `scheduler` runs a planned graph on Ray, reusing what
 MLflow records as finished; `tables` writes the paper's tables 3-6; `driver`
 plans, runs and sums up.
 
-The names below load on first use, so importing the package (or its
-`config`) stays light: no torch, Ray or MLflow until a stage runs.
+The names below load on first use (lazy_loader, as SciPy and scikit-image do),
+so importing the package (or its `config`) stays light: no torch, Ray or MLflow
+until a stage runs.
 """
 
-from importlib import import_module
+import lazy_loader
 
-_LAZY = {
-    "run": "driver",
-    "plan": "driver",
-    "summary_lines": "driver",
-    "workflow_name": "driver",
-    "WorkflowResult": "driver",
-    "StageOutcome": "scheduler",
-    "finished_stage": "scheduler",
-    "Net": "graph",
-    "nets": "graph",
-    "train_config": "graph",
-    "combined_tables": "tables",
-}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = sorted(_LAZY)
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "driver": ["run", "plan", "summary_lines", "workflow_name", "WorkflowResult"],
+        "scheduler": ["StageOutcome", "finished_stage"],
+        "graph": ["Net", "nets", "train_config"],
+        "tables": ["combined_tables"],
+    },
+)
