@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from benchmarks import ingest as ingest_benchmark
 
 
+@pytest.mark.extra  # a benchmark's run: make test-extra, which .ci/run runs
 def test_ingest_benchmark_reports_every_ratio(tmp_path, ray_local, capsys):
     results = ingest_benchmark.main(
         ["--images", "24", "--batch", "8", "--no-ray", "--work", str(tmp_path)]
