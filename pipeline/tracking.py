@@ -39,8 +39,9 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI draws the 
 def model_requirements() -> list[str]:
     """What a logged model needs to load: torch, and what the bundled `vgg`
     package imports, at the versions installed here. Given explicitly because
-    MLflow otherwise infers them by loading the model in a subprocess: about
-    9 s per logged model here, two models per training run."""
+    MLflow otherwise infers them by loading the model in a subprocess, which
+    costs seconds per logged model and two models per training run
+    (benchmarks/log_model.py measures it)."""
     from importlib.metadata import version
 
     return [f"{name}=={version(name)}" for name in ("torch", "numpy", "pillow")]
