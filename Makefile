@@ -25,7 +25,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 # Checks too long for make test's budget (benchmarks/gpu_check.py on the CPU);
 # .ci/run runs them after make test.
