@@ -17,6 +17,7 @@ are logged to MLflow flat (`flat_params`) and as JSON (`to_json`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import types
 import typing
@@ -57,6 +58,12 @@ class Serialised:
         """The fields that change the result, as plain values: what a cache keys on."""
         values = self.to_dict()
         return {name: values[name] for name in fingerprint_fields(self)}
+
+
+def settings_digest(value: Any) -> str:
+    """A stable sha256 of plain settings (a fingerprint_dict, a stage view):
+    what run names and the workflow cache key on."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def require(condition: bool, field_name: str, allowed: str, value: Any) -> None:
@@ -179,6 +186,7 @@ __all__ = [
     "parse_train_scale",
     "parse_value",
     "require",
+    "settings_digest",
     "split_values",
     "train_scale_label",
 ]

@@ -17,8 +17,6 @@ than one net, a net with no run (a torchvision file), or a run name.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import tempfile
 import time
@@ -26,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.config import settings_digest
 from pipeline.errors import ConfigError
 from pipeline.evaluation.nets import EvaluatedModel, distinct_labels, load_model, with_mean_rgb
 from pipeline.evaluation.plan import needed_views, plan_rows
@@ -96,8 +95,7 @@ def evaluation_name(config: EvaluateConfig, data: str) -> str:
     if config.run_name:
         return config.run_name
     fields = config.fingerprint_dict() | {"data": data}
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
-    return f"evaluate-{digest[:10]}"
+    return f"evaluate-{settings_digest(fields)[:10]}"
 
 
 def _check_data(

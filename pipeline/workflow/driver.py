@@ -23,18 +23,15 @@ name (stage name plus fingerprint) is the same.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pipeline import tracking
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, settings_digest
 from pipeline.preprocess.config import PreprocessConfig
 from pipeline.recipes import workflow_recipe
 from pipeline.shards import ShardStore, canonical_uri
@@ -52,10 +49,6 @@ from pipeline.workflow.stages import (
 )
 
 WORKFLOW_STAGE = "workflow"
-
-
-def digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _is_prepared(data: str) -> bool:
@@ -107,7 +100,7 @@ def plan(config: WorkflowConfig) -> list[Stage]:
     fingerprints: dict[str, str] = {}
     planned = []
     for stage in stages:
-        fingerprint = digest(
+        fingerprint = settings_digest(
             {
                 "kind": stage.kind,
                 "stage": stage.fingerprint_view(),
@@ -124,7 +117,7 @@ def workflow_name(config: WorkflowConfig) -> str:
     the settings that change the results, so the same command finds it again."""
     if config.run_name:
         return config.run_name
-    return f"{config.recipe}-{digest(config.fingerprint_dict())[:8]}"
+    return f"{config.recipe}-{settings_digest(config.fingerprint_dict())[:8]}"
 
 
 @dataclass
