@@ -19,3 +19,9 @@ import os
 # os.environ, and the MLflow call fails with KeyError: '_MLFLOW_TELEMETRY_SESSION_ID'
 # (seen in this project's test run). Off unless the user set it themselves.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+# MLflow 3.17 unpickles a model's files on load unless told not to, and a
+# pickle runs whatever code it names: a model swapped in a store would run on
+# the machine that loads it. This project logs nothing that needs it (nets are
+# safetensors, models are logged from code). Off unless the user set it.
+os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from pipeline.train.config import TrainConfig
 from vgg import VGG, build_vgg
+from vgg.weights import WEIGHTS_FILE as MODEL_FILE
+from vgg.weights import save_weights
 
-MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
 CONFIG_FILE = "config.json"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -43,8 +44,7 @@ def save(
     training_state: dict[str, Any],
 ) -> None:
     folder = Path(folder)
-    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state_dict, str(folder / MODEL_FILE))
+    save_weights(model, folder / MODEL_FILE)
     torch.save(training_state, folder / STATE_FILE)
     (folder / CONFIG_FILE).write_text(
         json.dumps({"train": config.to_dict(), "num_classes": num_classes}, indent=1)

@@ -12,14 +12,17 @@ so running the same name again continues the same MLflow run.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 from mlflow.tracking import MlflowClient
 
 import vgg
@@ -35,6 +38,10 @@ INIT_FROM_TAG = "vggpipe.init_from"
 DATASET_TAG = "vggpipe.dataset.manifest_sha256"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag: the UI draws the tree from it
 
+# MLflow draws a progress bar per artifact download, logging a model included:
+# noise for the small files this project moves. Off unless the user set it.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 
 def model_requirements() -> list[str]:
     """What a logged model needs to load: torch, and what the bundled `vgg`
@@ -44,7 +51,8 @@ def model_requirements() -> list[str]:
     (benchmarks/log_model.py measures it)."""
     from importlib.metadata import version
 
-    return [f"{name}=={version(name)}" for name in ("torch", "numpy", "pillow")]
+    names = ("mlflow", "torch", "numpy", "pillow", "safetensors")
+    return [f"{name}=={version(name)}" for name in names]
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -74,12 +82,25 @@ def experiment_id(name: str, uri: str | None = None) -> str:
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return mlflow_client.create_experiment(name)
+        return mlflow_client.create_experiment(
+            name, artifact_location=_artifact_location(name, uri)
+        )
     except MlflowException:
         experiment = mlflow_client.get_experiment_by_name(name)
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def _artifact_location(experiment: str, uri: str | None) -> str | None:
+    """Beside a SQLite store, in `mlruns/<experiment>`: MLflow's default is
+    ./mlruns of whatever folder the first command ran in, which scatters one
+    store's artifacts over working folders (a server decides for itself)."""
+    uri = tracking_uri(uri)
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = Path(uri.removeprefix("sqlite:///")).parent / "mlruns"
+    return (folder / re.sub(r"[^A-Za-z0-9._-]", "_", experiment)).as_uri()
 
 
 def find_run(name: str, experiment: str, uri: str | None = None):
@@ -165,33 +186,46 @@ class Run:
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, path, artifact_path)
 
-    def log_model(self, model, name: str, input_example, registered_model_name: str | None = None):
-        """Log a torch model with its signature, bundling the `vgg` package so that
-        `mlflow.pytorch.load_model` works where this project is not installed."""
-        import mlflow.pytorch
-        import torch
-        from mlflow.models import infer_signature
+    def log_model(self, net, name: str, *, step: int = 0, registered_model_name: str | None = None):
+        """Log `net` (a `vgg.VGG`) as an MLflow model from code
+        (pipeline/mlflow_vgg_model.py): the `vgg` package, the net's JSON
+        arguments and safetensors weights, nothing pickled. `step` links the
+        model to the metrics of that step (the epoch it was saved at)."""
+        import mlflow.pyfunc
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        from pipeline import mlflow_vgg_model
+        from vgg.weights import save_net
 
         client(self.uri)
-        model = model.eval().cpu()
-        with torch.no_grad():
-            output = model(torch.as_tensor(input_example)).numpy()
-        signature = infer_signature(input_example, output)
-        with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
-            return mlflow.pytorch.log_model(
-                model,
-                name=name,
-                signature=signature,
-                input_example=input_example,
-                code_paths=[str(Path(vgg.__file__).parent)],
-                registered_model_name=registered_model_name,
-                pip_requirements=model_requirements(),
-            )
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1))]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, net.num_classes))]),
+        )
+        with (
+            tempfile.TemporaryDirectory(prefix="vggpipe-model-") as folder,
+            warnings.catch_warnings(),
+        ):
+            # The signature is given; an input example would make MLflow load and
+            # run the model while logging it, seconds per model for nothing.
+            warnings.filterwarnings("ignore", message=".*(type hints|input example)")
+            # MLflow stores the artifact under its folder's name: "net".
+            net_folder = save_net(net, Path(folder) / mlflow_vgg_model.NET_ARTIFACT)
+            with mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None):
+                return mlflow.pyfunc.log_model(
+                    name=name,
+                    python_model=mlflow_vgg_model.__file__,
+                    artifacts={mlflow_vgg_model.NET_ARTIFACT: str(net_folder)},
+                    code_paths=[str(Path(vgg.__file__).parent)],
+                    signature=signature,
+                    registered_model_name=registered_model_name,
+                    pip_requirements=model_requirements(),
+                    step=step,
+                )
 
     def download_artifacts(self, path: str) -> str:
         client(self.uri)
-        # MLflow draws a progress bar per download: noise for the small files read here.
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         destination = tempfile.mkdtemp(prefix="vggpipe-artifacts-")
         return mlflow.artifacts.download_artifacts(
             run_id=self.run_id, artifact_path=path, dst_path=destination
@@ -253,15 +287,26 @@ def registered_model_version(reference: str, uri: str | None = None):
         return None
 
 
-def load_registered_state_dict(name: str, version: str, uri: str | None = None):
-    """The weights of registered model `name` version `version`, on the CPU.
-    A torch.export model loads as a graph module whose state dict keeps the
-    original module's names."""
-    import mlflow.pytorch
+def load_logged_net(model_uri: str, uri: str | None = None):
+    """The `vgg.VGG` net of a model `Run.log_model` logged ("models:/name/3",
+    "models:/name@alias", "runs:/<run id>/best_model"), on the CPU. Only its
+    JSON arguments and safetensors weights are read: nothing the store holds is
+    unpickled or run (unlike `mlflow.pyfunc.load_model`, which runs the
+    model's code file)."""
+    from pipeline import mlflow_vgg_model
+    from vgg.weights import load_net
 
     client(uri)
-    model = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu")
-    return {key: tensor.detach().cpu() for key, tensor in model.state_dict().items()}
+    destination = tempfile.mkdtemp(prefix="vggpipe-model-")
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=destination))
+    # A fixed place inside the download, not one the model's MLmodel file names.
+    net_folder = folder / "artifacts" / mlflow_vgg_model.NET_ARTIFACT
+    if not net_folder.is_dir():
+        raise ConfigError(f"{model_uri} is not a model vggpipe logged (no artifacts/net folder)")
+    try:
+        return load_net(net_folder)
+    except ValueError as error:
+        raise ConfigError(f"{model_uri}: {error}") from error
 
 
 def get_run_or_none(run_id: str, uri: str | None = None):

@@ -49,6 +49,7 @@ class VGG(nn.Module):
         self.num_classes = num_classes
         self.width = width
         self.crop_size = crop_size
+        self.dropout = dropout
 
         layers: list[nn.Module] = []
         sites: list[ConvSite] = []
@@ -93,6 +94,17 @@ class VGG(nn.Module):
             if (site.stage, site.position) == (stage, position):
                 return self.features[site.index]
         raise KeyError(f"config {self.config} has no conv at stage {stage}, position {position}")
+
+    def arguments(self) -> dict:
+        """The `build_vgg` arguments that rebuild this net's shape (not its
+        weights): with them and a state dict the net is whole again."""
+        return {
+            "config": self.config,
+            "num_classes": self.num_classes,
+            "width": self.width,
+            "crop_size": self.crop_size,
+            "dropout": self.dropout,
+        }
 
     @property
     def weight_layers(self) -> int:

@@ -167,7 +167,8 @@ def _from_registry(reference: str, version, uri: str) -> LoadedModel:
     from pipeline import tracking
     from vgg.evaluation import architecture_of
 
-    state_dict = tracking.load_registered_state_dict(version.name, version.version, uri)
+    net = tracking.load_logged_net(f"models:/{version.name}/{version.version}", uri)
+    state_dict = net.state_dict()
     params = tracking.get_run(version.run_id, uri).data.params if version.run_id else {}
     train_scale = None
     if params.get("scale_min") and params.get("scale_max"):

@@ -11,7 +11,6 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-import numpy as np
 from pyarrow.fs import FileType
 
 from pipeline import checkpoints, tracking
@@ -190,14 +189,11 @@ def _finish(run: tracking.Run, config: TrainConfig, result) -> TrainResult:
 
     logged = run.get().data.tags.get(MODELS_LOGGED_TAG, "")
     if final is not None and logged != final.path:
-        for name, checkpoint in ((BEST_MODEL, best[0] if best else None), (FINAL_MODEL, final)):
-            if checkpoint is None:
-                continue
-            loaded = checkpoints.load(checkpoint.path)
-            # A batch of two: MLflow exports the model with torch.export, which would
-            # fix the batch dimension to the example's if it were one.
-            example = np.zeros((2, 3, config.crop_size, config.crop_size), dtype=np.float32)
-            run.log_model(loaded.model, name, example)
+        saved = ((BEST_MODEL, best), (FINAL_MODEL, (final, result.metrics or {})))
+        for name, (checkpoint, checkpoint_metrics) in (item for item in saved if item[1]):
+            # Linked to the epoch the checkpoint was saved at, as its metrics are.
+            step = int(checkpoint_metrics.get("epoch", 0))
+            run.log_model(checkpoints.load(checkpoint.path).model, name, step=step)
         run.set_tags({MODELS_LOGGED_TAG: final.path})
 
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}

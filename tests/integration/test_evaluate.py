@@ -262,8 +262,7 @@ def test_a_registered_model_is_evaluated_on_its_run(demo_nets, tmp_path):
     model = checkpoints.load(demo_nets["nets"][1]["checkpoint"]).model
     run = tracking.start_run("eval-registered", config.experiment, uri=uri)
     run.log_config(config)
-    example = np.zeros((2, 3, 32, 32), dtype=np.float32)
-    run.log_model(model, "best_model", example, registered_model_name="eval-demo")
+    run.log_model(model, "best_model", registered_model_name="eval-demo")
     run.end()
     run_id = run.run_id
 

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import mlflow
-import mlflow.pytorch
 import psutil
 import pytest
 import torch
@@ -22,6 +21,7 @@ from pipeline.config import flat_params
 from pipeline.recipes import recipe
 from pipeline.train import train
 from tests.commands import vggpipe
+from vgg import VGG, to_fully_convolutional
 
 
 @pytest.fixture(scope="module")
@@ -73,17 +73,29 @@ def test_smoke_run_is_recorded_in_mlflow(smoke_run, store):
     logged_config = mlflow.artifacts.load_text(f"runs:/{result.run_id}/config.json")
     assert json.loads(logged_config) == config.to_dict()
 
-    mlflow.set_tracking_uri(store["uri"])
-    # MLflow 3 keeps models as logged-model entities linked to the run.
+    # The logged models are the nets themselves, read without unpickling, at the
+    # training crop and, as dense nets, at a larger test scale.
     images = torch.randn(5, 3, config.crop_size, config.crop_size)
+    larger = torch.randn(2, 3, config.crop_size + 32, config.crop_size + 48)
+    epochs = {m.model_id: m.step for m in client.get_run(result.run_id).outputs.model_outputs}
     for name, path in (
         ("best_model", result.best_checkpoint),
         ("final_model", result.final_checkpoint),
     ):
-        logged = mlflow.pytorch.load_model(f"runs:/{result.run_id}/{name}")
+        logged = tracking.load_logged_net(f"runs:/{result.run_id}/{name}", store["uri"])
         expected = checkpoints.load(path).model.eval()
+        assert isinstance(logged, VGG) and not logged.training
         with torch.no_grad():
-            assert torch.allclose(logged(images), expected(images), atol=1e-5)
+            assert torch.equal(logged(images), expected(images))
+            dense = to_fully_convolutional(logged)(larger)
+            assert tuple(dense.shape[:2]) == (2, expected.num_classes)
+        [model] = client.search_logged_models(
+            [run.info.experiment_id],
+            filter_string=f"name = '{name}' AND source_run_id = '{result.run_id}'",
+        )
+        # Linked to the epoch its checkpoint was saved at (the last of two, or the best).
+        assert epochs[model.model_id] in (0, 1)
+    assert epochs[model.model_id] == 1  # final_model: the last epoch
     assert checkpoints.resolve(result.run_id, store["uri"]) == result.best_checkpoint
 
 

@@ -201,7 +201,6 @@ def test_asha_stops_a_trial_early_and_every_trial_nests_under_the_parent_run(kil
 
 
 def test_best_trial_is_tagged_and_its_model_registered_under_the_alias(killed_sweep):
-    import mlflow.pytorch
     import torch
 
     sweep, result = killed_sweep, killed_sweep.result
@@ -213,7 +212,7 @@ def test_best_trial_is_tagged_and_its_model_registered_under_the_alias(killed_sw
 
     version = tracking.client(sweep.uri).get_model_version_by_alias(SWEEP, "champion")
     assert version.run_id == best.run_id and str(version.version) == result.model_version
-    model = mlflow.pytorch.load_model(f"models:/{SWEEP}@champion", map_location="cpu")
+    model = tracking.load_logged_net(f"models:/{SWEEP}@champion", sweep.uri)
     with torch.no_grad():
         scores = model(torch.zeros(2, 3, 32, 32))
     assert tuple(scores.shape) == (2, 10)  # the ten digit classes

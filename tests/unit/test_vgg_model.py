@@ -109,3 +109,17 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, names):
 def test_init_weights_rejects_unknown_scheme():
     with pytest.raises(ValueError, match="init must be one of"):
         init_weights(VGG("A", width=0.1), "orthogonal")
+
+
+def test_a_saved_net_loads_whole_and_a_bad_file_is_named(tmp_path):
+    from vgg.weights import WEIGHTS_FILE, load_net, save_net
+
+    net = build_vgg("C", num_classes=7, width=0.0625, crop_size=64, dropout=0.25).eval()
+    loaded = load_net(save_net(net, tmp_path / "net"))
+    assert loaded.arguments() == net.arguments() and not loaded.training
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), net(images))
+    (tmp_path / "net" / WEIGHTS_FILE).write_bytes(b"\x80\x04not safetensors")
+    with pytest.raises(ValueError, match="holds no net"):
+        load_net(tmp_path / "net")
