@@ -8,6 +8,8 @@ import tempfile
 
 import pytest
 
+from pipeline.cli.workflow import DEMO_HEALTH_CHECK_SECONDS
+
 # What `import pipeline` sets (see pipeline/__init__.py), for test modules that
 # import mlflow before pipeline.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -21,6 +23,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 if "RAY_TMPDIR" not in os.environ or os.environ.get("VGGPIPE_TESTS_SET_RAY_TMPDIR"):
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="vggpipe-ray-", dir="/tmp")
     os.environ["VGGPIPE_TESTS_SET_RAY_TMPDIR"] = "1"
+
+# Ray Train's controller polls its workers every 2 s by default, at the start and
+# the end of every training run: seconds per run that the suite's many
+# seconds-long runs (and the commands they start, which inherit this) need not
+# pay. The same setting `vggpipe demo` uses.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEMO_HEALTH_CHECK_SECONDS)
 
 from tests.ray_head import ray_head  # noqa: F401 (a fixture: a Ray head with the Jobs API)
 
