@@ -103,16 +103,33 @@ def _artifact_location(experiment: str, uri: str | None) -> str | None:
     return (folder / re.sub(r"[^A-Za-z0-9._-]", "_", experiment)).as_uri()
 
 
-def find_run(name: str, experiment: str, uri: str | None = None):
-    """The newest run tagged with `name` in `experiment`, or None."""
+def find_run(
+    name: str,
+    experiment: str,
+    uri: str | None = None,
+    *,
+    stage: str | None = None,
+    parent_run_id: str | None = None,
+):
+    """The newest run tagged with `name` in `experiment`, or None. With `stage`
+    (or `parent_run_id`), only a run of that stage kind (or nested under that
+    parent) counts: a training run and a workflow may share a name, and neither
+    is the other's to reopen."""
     mlflow_client = client(uri)
     found = mlflow_client.search_runs(
         [experiment_id(experiment, uri)],
         filter_string=f"tags.`{RUN_NAME_TAG}` = '{name}'",
         order_by=["attributes.start_time DESC"],
-        max_results=1,
+        max_results=100,
     )
-    return found[0] if found else None
+    for run in found:
+        tags = run.data.tags
+        if (stage is None and parent_run_id is None) or (
+            (stage is not None and tags.get(STAGE_TAG) == stage)
+            or (parent_run_id is not None and tags.get(PARENT_TAG) == parent_run_id)
+        ):
+            return run
+    return None
 
 
 @dataclass(frozen=True)
@@ -140,12 +157,20 @@ class Run:
         """Log params once: MLflow refuses a param logged again with another
         value, and a resumed run logs the same values again. A changed value of
         a key in `fingerprint` (default: every key) means other settings under
-        the same run name: refused. A changed value of any other key (hardware,
-        paths) keeps the first value logged."""
-        mlflow_client = self.client
-        logged = mlflow_client.get_run(self.run_id).data.params
-        checked = set(params if fingerprint is None else fingerprint)
+        the same run name: refused (`check_params`). A changed value of any
+        other key (hardware, paths) keeps the first value logged."""
+        logged = self.check_params(params, fingerprint)
         fresh = [mlflow.entities.Param(k, str(v)) for k, v in params.items() if k not in logged]
+        for start in range(0, len(fresh), 100):  # MLflow's batch limit
+            self.client.log_batch(self.run_id, params=fresh[start : start + 100])
+
+    def check_params(
+        self, params: Mapping[str, str], fingerprint: Iterable[str] | None = None
+    ) -> dict[str, str]:
+        """Refuse (ConfigError) `params` whose fingerprinted values differ from
+        what this run logged; returns the run's logged params. Writes nothing."""
+        logged = self.client.get_run(self.run_id).data.params
+        checked = set(params if fingerprint is None else fingerprint)
         changed = {
             k: (logged[k], str(v))
             for k, v in params.items()
@@ -157,15 +182,7 @@ class Run:
                 + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
                 + "; give the run another name"
             )
-        for start in range(0, len(fresh), 100):  # MLflow's batch limit
-            mlflow_client.log_batch(self.run_id, params=fresh[start : start + 100])
-
-    def log_config(self, config: Any) -> None:
-        """A stage config as flat params; settings that change the result must
-        match an earlier start of the run, the others keep their first value."""
-        from pipeline.config import fingerprint_fields, flat_params
-
-        self.log_params(flat_params(config), fingerprint_fields(config))
+        return logged
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -239,14 +256,32 @@ def start_run(
     uri: str | None = None,
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
+    config: Any = None,
 ) -> Run:
-    """The run called `name`: the existing one (set running again) or a new one."""
+    """The run called `name` of this stage kind (`tags[STAGE_TAG]`): the
+    existing one, set running again, or a new one. With a stage `config`, its
+    flat params are checked against an existing run's before anything is
+    written (a refused command leaves that run as it was), then logged."""
+    from pipeline.config import fingerprint_fields, flat_params
+
     uri = tracking_uri(uri)
     mlflow_client = client(uri)
-    existing = find_run(name, experiment, uri)
+    stage = (tags or {}).get(STAGE_TAG)
+    existing = find_run(name, experiment, uri, stage=stage, parent_run_id=parent_run_id)
+    params = flat_params(config) if config is not None else None
+    fingerprint = fingerprint_fields(config) if config is not None else None
     if existing is not None:
+        run = Run(existing.info.run_id, uri)
+        if params is not None:
+            run.check_params(params, fingerprint)
         mlflow_client.update_run(existing.info.run_id, status="RUNNING")
-        run_id = existing.info.run_id
+        # A workflow's stage run keeps the kind the workflow gave it (an
+        # ensemble is evaluated by the evaluation stage's code).
+        tags = {
+            k: v
+            for k, v in (tags or {}).items()
+            if k != STAGE_TAG or STAGE_TAG not in existing.data.tags
+        }
     else:
         all_tags = {RUN_NAME_TAG: name, "mlflow.runName": name}
         if parent_run_id:
@@ -254,8 +289,10 @@ def start_run(
         run_id = mlflow_client.create_run(
             experiment_id(experiment, uri), tags=all_tags, run_name=name
         ).info.run_id
-    run = Run(run_id, uri)
+        run = Run(run_id, uri)
     run.set_tags(tags or {})
+    if params is not None:
+        run.log_params(params, fingerprint)
     return run
 
 

@@ -288,10 +288,11 @@ def _log(result: EvaluationResult, config: EvaluateConfig, uri: str) -> None:
             tracking.STAGE_TAG: EVALUATION_STAGE,
             "vggpipe.evaluated_models": ", ".join(config.models)[:5000],
         },
+        # The data as resolved (a model's training data when the config names none);
+        # other settings under this run name are refused before anything is written.
+        config=dataclasses.replace(config, data=result.data),
     )
     try:
-        # The data as resolved (a model's training data when the config names none).
-        run.log_config(dataclasses.replace(config, data=result.data))
         run.log_text(config.to_json(), f"evaluation/{result.name}/config.json")
         _log_rows(run, result.rows, result, config, by_model=True)
     except BaseException:

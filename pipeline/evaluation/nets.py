@@ -96,7 +96,7 @@ def _run_for_checkpoint(path: str, config, uri: str) -> str | None:
     name whose best or final checkpoint sits in the same Ray Train run folder."""
     from pipeline import tracking
 
-    run = tracking.find_run(config.name, config.experiment, uri)
+    run = tracking.find_run(config.name, config.experiment, uri, stage="train")
     if run is None:
         return None
     folder = os.path.dirname(os.path.normpath(path))

@@ -100,12 +100,19 @@ def train(
         tags[tracking.INIT_FROM_TAG] = config.init_from
     if config.resume_from:
         tags["vggpipe.resume_from"] = config.resume_from
-    previous = tracking.find_run(config.name, config.experiment, uri)
+    previous = tracking.find_run(
+        config.name, config.experiment, uri, stage="train", parent_run_id=config.parent_run_id
+    )
+    # Refuses, before writing anything, a run of this name with other settings.
     run = tracking.start_run(
-        config.name, config.experiment, uri=uri, parent_run_id=config.parent_run_id, tags=tags
+        config.name,
+        config.experiment,
+        uri=uri,
+        parent_run_id=config.parent_run_id,
+        tags=tags,
+        config=config,
     )
     try:
-        run.log_config(config)
         run.log_text(config.to_json(), "config.json")
         recorded = _finished_result(previous, config)
         if recorded is not None:

@@ -259,7 +259,7 @@ def tune(config: TuneConfig, *, address: str | None = None) -> TuneResult:
     # other values of the settings that change the result, here before
     # start_run marks the earlier sweep's run running.
     params, fingerprint = config.flat_params(), config.fingerprint_params()
-    earlier = tracking.find_run(config.name, base.experiment, uri)
+    earlier = tracking.find_run(config.name, base.experiment, uri, stage="tune")
     if earlier is not None:
         tracking.Run(earlier.info.run_id, uri).log_params(params, fingerprint)
     parent = tracking.start_run(

@@ -166,9 +166,9 @@ def run(
         config.experiment,
         uri=uri,
         tags={tracking.STAGE_TAG: WORKFLOW_STAGE, tracking.RECIPE_TAG: config.recipe},
+        config=config,  # refused before anything is written when the settings differ
     )
     try:
-        parent.log_config(config)
         parent.log_text(config.to_json(), "workflow/config.json")
         parent.log_dict(
             [{"key": s.key, "needs": list(s.needs), "fingerprint": s.fingerprint} for s in stages],

@@ -53,8 +53,13 @@ def demo_nets(new_store, demo_shards):
         folder = root / config.name / "checkpoint_000000"
         folder.mkdir(parents=True)
         checkpoints.save(folder, model, config, 10, {})
-        run = tracking.start_run(config.name, config.experiment, uri=uri)
-        run.log_config(config)
+        run = tracking.start_run(
+            config.name,
+            config.experiment,
+            uri=uri,
+            tags={tracking.STAGE_TAG: "train"},
+            config=config,
+        )
         run.set_tags({tracking.BEST_CHECKPOINT_TAG: str(folder)})
         run.end()
         nets.append({"run_id": run.run_id, "checkpoint": str(folder), "config": config})
@@ -260,8 +265,7 @@ def test_a_registered_model_is_evaluated_on_its_run(demo_nets, tmp_path):
     uri = demo_nets["uri"]
     config = demo_nets["nets"][1]["config"]
     model = checkpoints.load(demo_nets["nets"][1]["checkpoint"]).model
-    run = tracking.start_run("eval-registered", config.experiment, uri=uri)
-    run.log_config(config)
+    run = tracking.start_run("eval-registered", config.experiment, uri=uri, config=config)
     run.log_model(model, "best_model", registered_model_name="eval-demo")
     run.end()
     run_id = run.run_id
