@@ -124,7 +124,11 @@ def killed_sweep(new_store, demo_shards, ray_local) -> KilledSweep:
             cwd=REPO,
             stdout=output,
             stderr=subprocess.STDOUT,
-            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+            # Tune saves its experiment state every 10 s or more by default; the
+            # kill waits for a save that shows a finished trial, while the next
+            # trial's work (lost to the kill) goes on.
+            env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+            | {"TUNE_GLOBAL_CHECKPOINT_S": "1"},
         )
         try:
             finished = _wait_until_a_trial_has_finished(driver, experiment_path, uri, log)
