@@ -21,10 +21,16 @@ PAPER_WEIGHT_LAYERS = {"A": 11, "A-LRN": 11, "B": 13, "C": 16, "D": 16, "E": 19}
 PAPER_GMACS = {"A": 7.61, "B": 11.31, "D": 15.47, "E": 19.63}
 
 
+def meta_vgg(config: str) -> VGG:
+    with torch.device("meta"):
+        return VGG(config)
+
+
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_parameter_counts_and_depth_match_the_paper(config):
-    # VGG() skips the random initialisation, which is most of build_vgg's time here.
-    model = VGG(config)
+    # On the meta device: shapes only, none of the 138M parameters allocated or
+    # initialised (torch's own layer init is most of a full net's build time).
+    model = meta_vgg(config)
     assert count_parameters(model) == PAPER_PARAMETERS[config]
     assert model.weight_layers == PAPER_WEIGHT_LAYERS[config]
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.features) == 5
@@ -32,16 +38,16 @@ def test_parameter_counts_and_depth_match_the_paper(config):
 
 @pytest.mark.parametrize("config", list(PAPER_GMACS))
 def test_multiply_adds_match_the_paper(config):
-    assert count_macs(VGG(config), 224) / 1e9 == pytest.approx(PAPER_GMACS[config], abs=0.005)
+    assert count_macs(meta_vgg(config), 224) / 1e9 == pytest.approx(PAPER_GMACS[config], abs=0.005)
 
 
 def test_config_c_has_three_1x1_convs_and_lrn_only_in_a_lrn():
-    kernels = [m.kernel_size for m in VGG("C").features if isinstance(m, torch.nn.Conv2d)]
+    kernels = [m.kernel_size for m in meta_vgg("C").features if isinstance(m, torch.nn.Conv2d)]
     assert kernels.count((1, 1)) == 3
     assert [k for k in kernels if k != (1, 1)] == [(3, 3)] * 10
-    lrn = [type(m).__name__ for m in VGG("A-LRN").features].count("LocalResponseNorm")
+    lrn = [type(m).__name__ for m in meta_vgg("A-LRN").features].count("LocalResponseNorm")
     assert lrn == 1
-    assert not any(isinstance(m, torch.nn.LocalResponseNorm) for m in VGG("A").features)
+    assert not any(isinstance(m, torch.nn.LocalResponseNorm) for m in meta_vgg("A").features)
 
 
 def test_narrow_net_forward_shape_and_aliases():

@@ -22,7 +22,10 @@ TORCHVISION_TWINS = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
 def test_torchvision_weights_give_the_same_logits_and_round_trip(config, name):
     torch.manual_seed(0)
     reference = getattr(torchvision.models, name)(weights=None).eval()
-    ours = load_torchvision_state_dict(build_vgg(config), reference.state_dict()).eval()
+    # Allocated, not initialised: every weight comes from the reference.
+    with torch.device("meta"):
+        shell = build_vgg(config)
+    ours = load_torchvision_state_dict(shell.to_empty(device="cpu"), reference.state_dict()).eval()
     image = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         assert (ours(image) - reference(image)).abs().max() < 1e-4
@@ -34,11 +37,14 @@ def test_torchvision_weights_give_the_same_logits_and_round_trip(config, name):
 def test_interop_refuses_configs_without_a_twin_and_wrong_shapes():
     with pytest.raises(ValueError, match="no VGG for config C"):
         to_torchvision_state_dict(build_vgg("C", width=0.0625))
-    state = torchvision.models.vgg11(weights=None).state_dict()
-    with pytest.raises(ValueError, match="does not fit"):
-        load_torchvision_state_dict(build_vgg("A", crop_size=256), state)
-    with pytest.raises(ValueError, match="not a torchvision vgg13"):
-        load_torchvision_state_dict(build_vgg("B"), state)
+    # Names and shapes are refused before any weight is read: meta tensors,
+    # none of the full nets' parameters allocated or initialised.
+    with torch.device("meta"):
+        state = torchvision.models.vgg11(weights=None).state_dict()
+        with pytest.raises(ValueError, match="does not fit"):
+            load_torchvision_state_dict(build_vgg("A", crop_size=256), state)
+        with pytest.raises(ValueError, match="not a torchvision vgg13"):
+            load_torchvision_state_dict(build_vgg("B"), state)
 
 
 def test_dense_network_equals_logits_on_a_crop_and_maps_larger_inputs():
