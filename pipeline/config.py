@@ -54,6 +54,15 @@ class Serialised:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
 
+    def flat_params(self) -> dict[str, str]:
+        """The config as flat MLflow params: what its run records."""
+        return flat_params(self)
+
+    def fingerprint_params(self) -> tuple[str, ...]:
+        """The keys of `flat_params` that change the result: what a rerun under
+        the same run name must match (`tracking.start_run` checks them)."""
+        return fingerprint_fields(self)
+
     def fingerprint_dict(self) -> dict[str, Any]:
         """The fields that change the result, as plain values: what a cache keys on."""
         values = self.to_dict()

@@ -151,38 +151,10 @@ class Run:
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
 
-    def log_params(
-        self, params: Mapping[str, str], fingerprint: Iterable[str] | None = None
-    ) -> None:
-        """Log params once: MLflow refuses a param logged again with another
-        value, and a resumed run logs the same values again. A changed value of
-        a key in `fingerprint` (default: every key) means other settings under
-        the same run name: refused (`check_params`). A changed value of any
-        other key (hardware, paths) keeps the first value logged."""
-        logged = self.check_params(params, fingerprint)
-        fresh = [mlflow.entities.Param(k, str(v)) for k, v in params.items() if k not in logged]
-        for start in range(0, len(fresh), 100):  # MLflow's batch limit
-            self.client.log_batch(self.run_id, params=fresh[start : start + 100])
-
-    def check_params(
-        self, params: Mapping[str, str], fingerprint: Iterable[str] | None = None
-    ) -> dict[str, str]:
-        """Refuse (ConfigError) `params` whose fingerprinted values differ from
-        what this run logged; returns the run's logged params. Writes nothing."""
-        logged = self.client.get_run(self.run_id).data.params
-        checked = set(params if fingerprint is None else fingerprint)
-        changed = {
-            k: (logged[k], str(v))
-            for k, v in params.items()
-            if k in checked and k in logged and logged[k] != str(v)
-        }
-        if changed:
-            raise ConfigError(
-                f"run {self.run_id} was started with other settings: "
-                + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
-                + "; give the run another name"
-            )
-        return logged
+    def log_params(self, params: Mapping[str, str]) -> None:
+        entries = [mlflow.entities.Param(k, str(v)) for k, v in params.items()]
+        for start in range(0, len(entries), 100):  # MLflow's batch limit
+            self.client.log_batch(self.run_id, params=entries[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -259,22 +231,24 @@ def start_run(
     config: Any = None,
 ) -> Run:
     """The run called `name` of this stage kind (`tags[STAGE_TAG]`): the
-    existing one, set running again, or a new one. With a stage `config`, its
-    flat params are checked against an existing run's before anything is
-    written (a refused command leaves that run as it was), then logged."""
-    from pipeline.config import fingerprint_fields, flat_params
-
+    existing one, set running again, or a new one. A stage `config`'s params
+    (`config.flat_params()`) are checked against an existing run's
+    fingerprinted ones before anything is written (a refused command leaves
+    that run as it was), then logged."""
+    params = config.flat_params() if config is not None else {}
     uri = tracking_uri(uri)
     mlflow_client = client(uri)
     stage = (tags or {}).get(STAGE_TAG)
     existing = find_run(name, experiment, uri, stage=stage, parent_run_id=parent_run_id)
-    params = flat_params(config) if config is not None else None
-    fingerprint = fingerprint_fields(config) if config is not None else None
+    logged: Mapping[str, str] = {}
     if existing is not None:
-        run = Run(existing.info.run_id, uri)
-        if params is not None:
-            run.check_params(params, fingerprint)
+        logged = existing.data.params
+        if config is not None:
+            _refuse_other_settings(
+                existing.info.run_id, logged, params, config.fingerprint_params()
+            )
         mlflow_client.update_run(existing.info.run_id, status="RUNNING")
+        run = Run(existing.info.run_id, uri)
         # A workflow's stage run keeps the kind the workflow gave it (an
         # ensemble is evaluated by the evaluation stage's code).
         tags = {
@@ -291,9 +265,28 @@ def start_run(
         ).info.run_id
         run = Run(run_id, uri)
     run.set_tags(tags or {})
-    if params is not None:
-        run.log_params(params, fingerprint)
+    # MLflow refuses a param logged again with another value: a resumed run logs
+    # only what it lacks, and unfingerprinted ones (hardware, paths) keep their
+    # first value.
+    run.log_params({k: v for k, v in params.items() if k not in logged})
     return run
+
+
+def _refuse_other_settings(
+    run_id: str, logged: Mapping[str, str], params: Mapping[str, str], fingerprint: Iterable[str]
+) -> None:
+    """ConfigError when a fingerprinted param differs from what run `run_id` logged."""
+    changed = {
+        k: (logged[k], str(params[k]))
+        for k in fingerprint
+        if k in params and k in logged and logged[k] != str(params[k])
+    }
+    if changed:
+        raise ConfigError(
+            f"run {run_id} was started with other settings: "
+            + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            + "; give the run another name"
+        )
 
 
 def get_run(run_id: str, uri: str | None = None):
@@ -334,16 +327,19 @@ def load_logged_net(model_uri: str, uri: str | None = None):
     from vgg.weights import load_net
 
     client(uri)
-    destination = tempfile.mkdtemp(prefix="vggpipe-model-")
-    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=destination))
-    # A fixed place inside the download, not one the model's MLmodel file names.
-    net_folder = folder / "artifacts" / mlflow_vgg_model.NET_ARTIFACT
-    if not net_folder.is_dir():
-        raise ConfigError(f"{model_uri} is not a model vggpipe logged (no artifacts/net folder)")
-    try:
-        return load_net(net_folder)
-    except ValueError as error:
-        raise ConfigError(f"{model_uri}: {error}") from error
+    # The weights are read into memory: the download need not outlive the call.
+    with tempfile.TemporaryDirectory(prefix="vggpipe-model-") as destination:
+        download = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=destination)
+        # A fixed place inside the download, not one the model's MLmodel file names.
+        net_folder = Path(download) / "artifacts" / mlflow_vgg_model.NET_ARTIFACT
+        if not net_folder.is_dir():
+            raise ConfigError(
+                f"{model_uri} is not a model vggpipe logged (no artifacts/net folder)"
+            )
+        try:
+            return load_net(net_folder)
+        except ValueError as error:
+            raise ConfigError(f"{model_uri}: {error}") from error
 
 
 def get_run_or_none(run_id: str, uri: str | None = None):

@@ -196,8 +196,10 @@ def _finish(run: tracking.Run, config: TrainConfig, result) -> TrainResult:
 
     logged = run.get().data.tags.get(MODELS_LOGGED_TAG, "")
     if final is not None and logged != final.path:
-        saved = ((BEST_MODEL, best), (FINAL_MODEL, (final, result.metrics or {})))
-        for name, (checkpoint, checkpoint_metrics) in (item for item in saved if item[1]):
+        to_log = [(FINAL_MODEL, final, result.metrics or {})]
+        if best is not None:
+            to_log.insert(0, (BEST_MODEL, *best))
+        for name, checkpoint, checkpoint_metrics in to_log:
             # Linked to the epoch the checkpoint was saved at, as its metrics are.
             step = int(checkpoint_metrics.get("epoch", 0))
             run.log_model(checkpoints.load(checkpoint.path).model, name, step=step)

@@ -255,21 +255,16 @@ def tune(config: TuneConfig, *, address: str | None = None) -> TuneResult:
     uri = base.tracking_uri
     experiment_path = f"{base.storage_path.rstrip('/')}/{config.name}"
 
-    # A sweep run again under its name must be the same sweep: log_params refuses
-    # other values of the settings that change the result, here before
-    # start_run marks the earlier sweep's run running.
-    params, fingerprint = config.flat_params(), config.fingerprint_params()
-    earlier = tracking.find_run(config.name, base.experiment, uri, stage="tune")
-    if earlier is not None:
-        tracking.Run(earlier.info.run_id, uri).log_params(params, fingerprint)
+    # A sweep run again under its name must be the same sweep: start_run refuses
+    # other values of the settings that change the result before it writes.
     parent = tracking.start_run(
         config.name,
         base.experiment,
         uri=uri,
         tags={tracking.STAGE_TAG: "tune", tracking.RECIPE_TAG: config.recipe},
+        config=config,
     )
     try:
-        parent.log_params(params, fingerprint)
         parent.log_text(config.to_json(), "sweep_config.json")
 
         if not ray.is_initialized():
