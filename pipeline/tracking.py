@@ -16,7 +16,7 @@ import re
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,9 +244,7 @@ def start_run(
     if existing is not None:
         logged = existing.data.params
         if config is not None:
-            _refuse_other_settings(
-                existing.info.run_id, logged, params, config.fingerprint_params()
-            )
+            refuse_other_settings(existing, config)
         mlflow_client.update_run(existing.info.run_id, status="RUNNING")
         run = Run(existing.info.run_id, uri)
         # A workflow's stage run keeps the kind the workflow gave it (an
@@ -272,18 +270,20 @@ def start_run(
     return run
 
 
-def _refuse_other_settings(
-    run_id: str, logged: Mapping[str, str], params: Mapping[str, str], fingerprint: Iterable[str]
-) -> None:
-    """ConfigError when a fingerprinted param differs from what run `run_id` logged."""
+def refuse_other_settings(existing, config: Any) -> None:
+    """ConfigError when the MLflow run `existing` (or None) logged other values
+    of `config`'s fingerprinted params (the settings that change its result)."""
+    if existing is None:
+        return
+    logged, params = existing.data.params, config.flat_params()
     changed = {
         k: (logged[k], str(params[k]))
-        for k in fingerprint
+        for k in config.fingerprint_params()
         if k in params and k in logged and logged[k] != str(params[k])
     }
     if changed:
         raise ConfigError(
-            f"run {run_id} was started with other settings: "
+            f"run {existing.info.run_id} was started with other settings: "
             + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
             + "; give the run another name"
         )

@@ -165,6 +165,9 @@ class TrainHardwareSection:
     bf16: bool = option(False, fingerprint=True)  # bf16 autocast: other rounding, other net
     channels_last: bool = option(False, fingerprint=False)
     compile: bool = option(False, fingerprint=False)  # torch.compile the model
+    # On a cluster that adds nodes on demand: wait for them instead of refusing
+    # a worker group that the nodes there now cannot hold
+    wait_for_resources: bool = option(False, fingerprint=False)
 
     def _check_hardware(self) -> None:
         require(self.num_workers >= 1, "num_workers", ">= 1", self.num_workers)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
+import threading
 from dataclasses import dataclass
 
 from pyarrow.fs import FileType
 
 from pipeline import checkpoints, tracking
 from pipeline.config import ConfigError
+from pipeline.lease import RunLease
 from pipeline.shards import ShardStore, canonical_uri, resolve_filesystem
 from pipeline.train.config import BEST_MODEL, FINAL_MODEL, VAL_METRIC, TrainConfig
 from pipeline.train.loop import train_loop_per_worker
@@ -54,17 +57,22 @@ def check_inputs(config: TrainConfig) -> tuple[ShardStore, int]:
     return store, len(manifest.classes)
 
 
-def train(
-    config: TrainConfig, *, address: str | None = None, callbacks: list | None = None
-) -> TrainResult:
-    """Run (or resume) the training run `config` describes; see the module docstring.
+@dataclass
+class _Checked:
+    """What `train` settles before it takes the run: the config with absolute
+    paths, the data's class count, the tracking URI, the checkpoints to start
+    from, the run's tags and the MLflow run of this name, if any."""
 
-    `callbacks` go to Ray Train's RunConfig (a Tune sweep passes the callback
-    that forwards each report to Tune)."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    config: TrainConfig
+    num_classes: int
+    uri: str
+    init_from: str | None
+    resume_from: str | None
+    tags: dict[str, str]
+    previous: object | None
 
+
+def _check(config: TrainConfig) -> _Checked:
     # Workers and Ray Data tasks do not share the driver's working folder:
     # every local path crosses the Ray boundary absolute.
     config = dataclasses.replace(
@@ -103,35 +111,69 @@ def train(
     previous = tracking.find_run(
         config.name, config.experiment, uri, stage="train", parent_run_id=config.parent_run_id
     )
-    # Refuses, before writing anything, a run of this name with other settings.
+    # A run of this name with other settings is refused before anything is written.
+    tracking.refuse_other_settings(previous, config)
+    return _Checked(config, num_classes, uri, init_from, resume_from, tags, previous)
+
+
+def train(
+    config: TrainConfig, *, address: str | None = None, callbacks: list | None = None
+) -> TrainResult:
+    """Run (or resume) the training run `config` describes; see the module docstring.
+
+    `callbacks` go to Ray Train's RunConfig (a Tune sweep passes the callback
+    that forwards each report to Tune)."""
+    checked = _check(config)
+    # One live command per run name: a second one is refused here.
+    with RunLease(checked.config.storage_path, checked.config.name):
+        return _train_checked(checked, address, callbacks)
+
+
+def _train_checked(checked: _Checked, address: str | None, callbacks: list | None) -> TrainResult:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    config = checked.config
+    recorded = _finished_result(checked.previous, config)
+    if recorded is None:
+        # Before the run is opened: a worker group the cluster cannot hold
+        # would otherwise wait for ever with its MLflow run RUNNING.
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=False)
+        shortfall = worker_shortfall(config, ray.nodes())
+        if shortfall and not config.wait_for_resources:
+            raise ConfigError(
+                f"{shortfall}; lower num_workers or cpus_per_worker, or on a cluster "
+                "that adds nodes on demand set wait_for_resources=true"
+            )
+        if shortfall:
+            print(f"Waiting for Ray to add nodes: {shortfall} (Ctrl-C stops)", file=sys.stderr)
     run = tracking.start_run(
         config.name,
         config.experiment,
-        uri=uri,
+        uri=checked.uri,
         parent_run_id=config.parent_run_id,
-        tags=tags,
+        tags=checked.tags,
         config=config,
     )
     try:
         run.log_text(config.to_json(), "config.json")
-        recorded = _finished_result(previous, config)
         if recorded is not None:
             # The same settings ran to the end before: nothing to train, no Ray to start.
             run.end("FINISHED")
             return recorded
 
-        if not ray.is_initialized():
-            ray.init(address=address, log_to_driver=False)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={
                 "config": config.to_dict(),
-                "num_classes": num_classes,
+                "num_classes": checked.num_classes,
                 "run_id": run.run_id,
                 "tracking_uri": run.uri,
                 "init_from": config.init_from,
-                "init_from_checkpoint": init_from,
-                "resume_from_checkpoint": resume_from,
+                "init_from_checkpoint": checked.init_from,
+                "resume_from_checkpoint": checked.resume_from,
             },
             scaling_config=ScalingConfig(
                 num_workers=config.num_workers,
@@ -151,13 +193,74 @@ def train(
                 ),
             ),
         )
-        result = trainer.fit()
+        result = _fit_interruptibly(trainer)
         summary = _finish(run, config, result)
+    except KeyboardInterrupt:
+        run.end("KILLED")
+        raise
     except BaseException:
         run.end("FAILED")
         raise
     run.end("FINISHED")
     return summary
+
+
+def _fit_interruptibly(trainer):
+    """`trainer.fit()` on a thread of its own, so that Ctrl-C stops the driver at
+    once. On the main thread Ray Train answers Ctrl-C by asking its controller to
+    abort and waiting for the answer, which never came while a worker group
+    waited for resources (more than two minutes here, Ray 2.60); off the main
+    thread it leaves the signal to Python. The run's actors belong to this
+    driver and end with it."""
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # handed to the caller below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def worker_shortfall(config: TrainConfig, nodes: list[dict]) -> str | None:
+    """Why the alive Ray `nodes` (as `ray.nodes()` lists them) cannot hold the
+    run's workers and one Ray Data decode task beside them, or None when they
+    can. Ray Train places every worker whole on one node, and a decode task
+    that finds no CPU left starves the workers it feeds."""
+    bundle = {"CPU": config.cpus_per_worker} | ({"GPU": 1.0} if config.use_gpu else {})
+    free = [dict(node["Resources"]) for node in nodes if node.get("Alive")]
+    placed = 0
+    for node in free:
+        while placed < config.num_workers and all(
+            node.get(name, 0.0) >= need - 1e-9 for name, need in bundle.items()
+        ):
+            for name, need in bundle.items():
+                node[name] = node.get(name, 0.0) - need
+            placed += 1
+    asked = " + ".join(f"{need:g} {name}" for name, need in bundle.items())
+    total = ", ".join(
+        f"{sum(n['Resources'].get(name, 0.0) for n in nodes if n.get('Alive')):g} {name}"
+        for name in bundle
+    )
+    where = f"the Ray cluster has {total} on {len(free)} node(s)"
+    if placed < config.num_workers:
+        return (
+            f"num_workers={config.num_workers} asks for {config.num_workers} x ({asked}) "
+            f"and {where}: room for {placed} worker(s)"
+        )
+    if not any(node.get("CPU", 0.0) >= config.data_cpus_per_task - 1e-9 for node in free):
+        return (
+            f"data_cpus_per_task={config.data_cpus_per_task:g} finds no CPU left beside "
+            f"{config.num_workers} x ({asked}): {where}"
+        )
+    return None
 
 
 def _finished_result(previous, config: TrainConfig) -> TrainResult | None:
@@ -233,4 +336,4 @@ def summary_lines(result: TrainResult, uri: str) -> list[str]:
     return lines
 
 
-__all__ = ["TrainResult", "check_inputs", "summary_lines", "train"]
+__all__ = ["TrainResult", "check_inputs", "summary_lines", "train", "worker_shortfall"]
