@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline import checkpoints, ingest, tracking
+from pipeline import checkpoints
 from pipeline.train.config import VAL_METRIC, TrainConfig
 from vgg import init_from_shallower
 from vgg.transforms import TrainingAugmentation, to_model_input
@@ -88,6 +88,8 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 def _validate(model, config: TrainConfig, stats, rank, world, device) -> dict[str, float]:
+    from pipeline import ingest
+
     model.eval()
     sums = [0.0, 0.0, 0.0]  # top-1 errors, top-5 errors, images
     autocast = _autocast(config, device)
@@ -179,8 +181,13 @@ def sgd_step(
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    # Ray Data and MLflow are imported here, in the worker, not with the
+    # module: Ray Train's controller loads this module to unpickle the loop and
+    # would otherwise pay their imports (1.5 s here) before it starts a worker.
     import ray.train
     import ray.train.torch
+
+    from pipeline import ingest, tracking
 
     config = TrainConfig.from_dict(loop_config["config"])
     context = ray.train.get_context()
