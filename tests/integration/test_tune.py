@@ -32,7 +32,11 @@ from pipeline.recipes import tune_recipe
 from pipeline.tune import BEST_TAG, OUTCOME_TAG, STOPPED_EARLY, TuneResult, tune
 from pipeline.tune.config import TuneConfig, apply_tune_overrides
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1500)]
+# A killed sweep and its resume cost a minute here, more than make test's
+# 8-minute budget can spare beside the workflow's kill-and-resume test: make
+# test-extra runs it, and .ci/run runs both targets. The sweep's parts (the
+# grid, ASHA's rungs, results, the refusal) have unit tests in make test.
+pytestmark = [pytest.mark.ray, pytest.mark.extra, pytest.mark.timeout(1500)]
 
 REPO = Path(__file__).resolve().parents[2]
 SWEEP = "tune-it"
