@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import uuid
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -30,10 +31,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, CorruptShardError
 
 FORMAT = "vggpipe-shards"
-FORMAT_VERSION = 1
+# Version 2 added the per-row checksum column; version 1 shards (without it)
+# are still read, their rows unchecked.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SPLITS = ("train", "val")
 MANIFEST_NAME = "manifest.json"
 PLAN_NAME = "plan.arrow"
@@ -56,8 +60,20 @@ SHARD_SCHEMA = pa.schema(
         pa.field("image", pa.binary(), nullable=False),  # JPEG, RGB
         pa.field("height", pa.int32(), nullable=False),  # of the stored image, pixels
         pa.field("width", pa.int32(), nullable=False),
+        # crc32 of the row's other fields (`row_checksum`): a reader finds a
+        # flipped byte in the rows it reads, without hashing the whole file.
+        pa.field("crc32", pa.uint32(), nullable=False),
     ]
 )
+
+
+def row_checksum(key: str, label: int, height: int, width: int, image: bytes) -> int:
+    return zlib.crc32(image, zlib.crc32(f"{key}\0{label}\0{height}\0{width}".encode()))
+
+
+def _row_checksums(table: pa.Table) -> list[int]:
+    fields = ("key", "label", "height", "width", "image")
+    return [row_checksum(*row) for row in zip(*(table[f].to_pylist() for f in fields), strict=True)]
 
 
 def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -164,9 +180,9 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         raw = json.loads(text)
-        if raw.get("format") != FORMAT or raw.get("format_version") != FORMAT_VERSION:
+        if raw.get("format") != FORMAT or raw.get("format_version") not in READABLE_VERSIONS:
             raise ValueError(
-                f"not a {FORMAT} manifest of version {FORMAT_VERSION} "
+                f"not a {FORMAT} manifest of version {' or '.join(map(str, READABLE_VERSIONS))} "
                 f"(format {raw.get('format')!r}, version {raw.get('format_version')!r})"
             )
         statistics = raw.get("statistics")
@@ -271,12 +287,12 @@ class ShardStore:
         """Write one shard: `table` has the columns of `SHARD_SCHEMA`; `metadata`
         (JSON-able) travels in the file's schema so `describe_shard` can read it back."""
         schema = SHARD_SCHEMA.with_metadata({SHARD_METADATA_KEY: json.dumps(metadata)})
+        table = table.append_column("crc32", pa.array(_row_checksums(table), pa.uint32()))
         sink = pa.BufferOutputStream()
         with pa.ipc.new_file(sink, schema) as writer:
             writer.write_table(table.select(schema.names).cast(schema), SHARD_BATCH_ROWS)
         data = sink.getvalue()
-        relative = shard_path(split, index, count)
-        self.write_file(relative, data)
+        self.write_file(relative := shard_path(split, index, count), data)
         return ShardInfo(
             split, relative, table.num_rows, hashlib.sha256(data).hexdigest(), data.size
         )
@@ -292,27 +308,37 @@ class ShardStore:
         return info, metadata
 
     def read_shard(self, shard: ShardInfo | str, columns: list[str] | None = None) -> pa.Table:
-        """A shard as a table (all columns unless `columns` names some)."""
-        relative = shard.path if isinstance(shard, ShardInfo) else shard
-        with self.fs.open_input_file(self._full(relative)) as stream:
-            table = pa.ipc.open_file(stream).read_all()
-        # The writer's metadata is bookkeeping; readers get the plain schema.
-        table = table.replace_schema_metadata(None)
-        return table.select(columns) if columns else table
+        """A shard as a table (all columns unless `columns` names some), its rows checked."""
+        return self.read_rows(shard, 0, 2**62, columns)
 
     def read_rows(
         self, shard: ShardInfo | str, start: int, stop: int, columns: list[str] | None = None
     ) -> pa.Table:
-        """Rows [start, stop) of a shard, reading only the record batches that hold them."""
+        """Rows [start, stop) of a shard, reading only the record batches that hold
+        them; CorruptShardError (naming the shard) when the file cannot be read or
+        a row does not match its checksum."""
         relative = shard.path if isinstance(shard, ShardInfo) else shard
         first, last = start // SHARD_BATCH_ROWS, (max(stop, start + 1) - 1) // SHARD_BATCH_ROWS
-        with self.fs.open_input_file(self._full(relative)) as stream:
-            reader = pa.ipc.open_file(stream)
-            last = min(last, reader.num_record_batches - 1)
-            batches = [reader.get_batch(i) for i in range(first, last + 1)]
-            table = pa.Table.from_batches(batches, reader.schema).replace_schema_metadata(None)
+        try:
+            with self.fs.open_input_file(self._full(relative)) as stream:
+                reader = pa.ipc.open_file(stream)
+                last = min(last, reader.num_record_batches - 1)
+                batches = [reader.get_batch(i) for i in range(first, last + 1)]
+                # The writer's metadata is bookkeeping; readers get the plain schema.
+                table = pa.Table.from_batches(batches, reader.schema).replace_schema_metadata(None)
+        except (pa.ArrowException, OSError) as exc:
+            raise self._corrupt(relative, f"cannot be read as an Arrow shard ({exc})") from exc
         table = table.slice(start - first * SHARD_BATCH_ROWS, max(stop - start, 0))
+        if "crc32" in table.column_names:
+            stored, keys = table["crc32"].to_pylist(), table["key"].to_pylist()
+            for key, expected, found in zip(keys, stored, _row_checksums(table), strict=True):
+                if expected != found:
+                    raise self._corrupt(relative, f"row {key!r} does not match its checksum")
+            table = table.drop_columns(["crc32"])
         return table.select(columns) if columns else table
+
+    def _corrupt(self, relative: str, problem: str) -> CorruptShardError:
+        return CorruptShardError.about(f"{self.uri.rstrip('/')}/{relative}", problem, self.uri)
 
     # Manifest
 
@@ -376,8 +402,8 @@ class ShardStore:
     # Verification
 
     def verify(self, progress: bool = False) -> list[str]:
-        """Re-read every shard the manifest lists; one line per problem found
-        (missing, unreadable, wrong checksum, wrong row count), empty when all is well."""
+        """One line per problem in the shards the manifest lists (missing,
+        unreadable, wrong checksum or row count); empty when all is well."""
         from concurrent.futures import ThreadPoolExecutor
 
         from tqdm import tqdm
@@ -389,8 +415,7 @@ class ShardStore:
             if sum(shard.rows for shard in info.shards) != info.rows
         ]
         shards = [shard for info in manifest.splits.values() for shard in info.shards]
-        # Reading and hashing release the GIL, so a few threads keep a disk or a
-        # network filesystem busy.
+        # Reading and hashing release the GIL: a few threads keep a disk busy.
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             found = pool.map(self._shard_problem, shards)
             disable = None if progress else True  # None: only on a terminal

@@ -14,7 +14,7 @@ import sys
 
 from pipeline import submit
 from pipeline.cli import data, stages, workflow
-from pipeline.errors import UserError
+from pipeline.errors import user_error_within
 
 # In the order `vggpipe --help` lists them.
 COMMANDS = (
@@ -46,12 +46,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (UserError, ValueError, FileNotFoundError) as exc:
-        print(f"vggpipe {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"vggpipe {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # A user's mistake raised in a Ray task or training worker arrives
+        # wrapped in Ray's errors, its message inside; other errors keep their
+        # traceback.
+        message = user_error_within(exc)
+        if message is None and isinstance(exc, ValueError | FileNotFoundError):
+            message = str(exc)
+        if message is None:
+            raise
+        print(f"vggpipe {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
