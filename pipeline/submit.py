@@ -4,8 +4,8 @@ Ray's Jobs API, follow its logs, and exit with its outcome.
 It does what `ray job submit --working-dir . -- python -m jobs.STAGE ARGS` does,
 plus what that leaves to the user: MLFLOW_TRACKING_URI goes with the job, the
 job's Python output is unbuffered so its logs arrive as they are written, a
-mistyped stage is refused before anything is uploaded, and Ctrl-C stops the job
-instead of leaving it running on the cluster.
+mistyped stage or a credential in the job's metadata is refused before anything
+is sent, and Ctrl-C stops the job instead of leaving it running on the cluster.
 
 Python API: `submit(stage, args, ...)` returns a `JobOutcome` (submission id,
 final status, Ray's message and the exit code `vggpipe submit` exits with).
@@ -42,6 +42,14 @@ ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 # cluster, which nobody reads and Ray deletes.
 FORWARDED_VARIABLES = ("MLFLOW_TRACKING_URI",)
 POLL_SECONDS = 0.5
+
+# A job's runtime_env and entrypoint are readable by every Jobs API client (`ray job
+# list`): no credential may go there. A URI's userinfo ends at the first / ? #.
+URI_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^/?#\s:@]*:[^/?#\s@]+@")
+REFUSED = (
+    "{} and every Jobs API client can read the job's metadata: set it on the cluster instead "
+    "(env from a Kubernetes Secret on the Ray pods, or the nodes' environment; see the README)"
+)
 
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 1}
 EXIT_INTERRUPTED = 130
@@ -107,6 +115,36 @@ def job_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     return variables
 
 
+def secret_name(name: str) -> bool:
+    """Whether the name says a secret: MLFLOW_TRACKING_PASSWORD, AWS_SESSION_TOKEN, HF_TOKEN,
+    OPENAI_API_KEY; not TOKENIZERS_PARALLELISM, AWS_ACCESS_KEY_ID, *_PATH, *_FILE (where one is)."""
+    words = name.upper().split("_")
+    if words[-1] in ("PATH", "FILE"):
+        return False
+    glued = any(word in name.upper() for word in ("PASSWORD", "PASSWD", "SECRET"))
+    return glued or "TOKEN" in words or words[-1] in ("KEY", "APIKEY")
+
+
+def has_uri_password(text: str) -> bool:
+    return URI_PASSWORD.search(text) is not None
+
+
+def check_no_credentials(env: Mapping[str, str], working_dir: str, args: Sequence[str]) -> None:
+    """UserError naming, never repeating, the first credential in the job's env_vars
+    (`env` and the forwarded variables), its working_dir or its arguments."""
+    places = [
+        (name if name in env else f"{name} (forwarded from this environment)", name, value)
+        for name, value in job_env(env).items()
+    ]
+    places += [("--working-dir", "", working_dir)]
+    places += [(f"stage argument {i + 1}", "", word) for i, word in enumerate(args)]
+    for place, name, value in places:
+        if secret_name(name):
+            raise UserError(REFUSED.format(f"{place} names a secret,"))
+        if has_uri_password(value):
+            raise UserError(REFUSED.format(f"{place} holds a URI with a password,"))
+
+
 def connect(address: str | None = None) -> JobSubmissionClient:
     """A client of the Jobs API at `address` (see resolve_address); UserError when
     nothing answers there."""
@@ -150,12 +188,14 @@ def submit(
     With `wait`, the job's logs go to `out` (stdout) as they arrive and this
     returns once the job has ended; Ctrl-C asks Ray to stop the job and returns
     an interrupted outcome. Raises UserError for an unknown stage, a working
-    directory without the stage's job file, or an address with no Jobs API.
+    directory without the stage's job file, a credential (check_no_credentials),
+    or an address with no Jobs API.
     """
     out = out if out is not None else sys.stdout
     known = stages()
     if stage not in known:
         raise UserError(f"unknown stage {stage!r} (choose from {', '.join(known)})")
+    check_no_credentials(env or {}, working_dir, args)
     _check_working_dir(working_dir, stage)
     resolved = resolve_address(address)
     client = connect(resolved)
@@ -255,7 +295,7 @@ def _add_options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
             type=_env_pair,
             metavar="KEY=VALUE",
             help="environment variable for the job (repeatable); overrides a forwarded "
-            "MLFLOW_TRACKING_URI",
+            "MLFLOW_TRACKING_URI; no secrets (they are refused: set them on the cluster)",
         ),
         parser.add_argument(
             "--submission-id", help="the job's id (default: vggpipe-STAGE-<random>)"

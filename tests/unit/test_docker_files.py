@@ -1,18 +1,23 @@
-"""docker/: the Dockerfile, the compose file and the KubeRay RayJob agree with
-pyproject.toml, with the CLIs they call (`ray start`, `mlflow server`,
-`python -m jobs.run`) and with each other. There is no Docker engine here, so
-the files are parsed, not run. Each check returns its problems as strings, so
-that test_checks_reject_broken_copies can show the same checks fail on a copy
-with a deliberate mistake."""
+"""docker/: the Dockerfile, the compose file and the Kubernetes manifests (the
+KubeRay RayJob, the MLflow server) agree with pyproject.toml, with the CLIs they
+call (`ray start`, `mlflow server`, `python -m jobs.run`) and with each other,
+and they keep the cluster closed: Ray's token on every Ray process, a
+NetworkPolicy in front of the head, MLflow behind its basic-auth app, and no
+password or token written in any of them. There is no Docker engine nor
+Kubernetes here, so the files are parsed, not run. Each check returns its
+problems as strings, so that the test_*_reject_broken_copies tests can show the
+same checks fail on a copy with a deliberate mistake."""
 
 from __future__ import annotations
 
+import configparser
 import copy
 import fnmatch
 import functools
 import json
 import re
 import shlex
+import stat
 import subprocess
 import sys
 import tomllib
@@ -25,12 +30,20 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
+from pipeline.submit import has_uri_password, secret_name
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 DOCKERFILE = DOCKER / "Dockerfile"
 COMPOSE = DOCKER / "compose.yaml"
 RAYJOB = DOCKER / "rayjob.yaml"
+MLFLOW_K8S = DOCKER / "mlflow.yaml"
+MAKE_SECRETS = DOCKER / "make-secrets.sh"
 LOOPBACK = "127.0.0.1"
+# Where Compose mounts a secret named without an absolute target.
+RUN_SECRETS = PurePosixPath("/run/secrets")
+# The key of a KubeRay auth Secret (authOptions.secretName) that holds the token.
+RAY_TOKEN_KEY = "auth_token"
 
 
 # ---------------------------------------------------------------------------
@@ -161,9 +174,17 @@ def rayjob_documents() -> list[dict]:
     return [d for d in yaml.safe_load_all(RAYJOB.read_text()) if d]
 
 
+def mlflow_documents() -> list[dict]:
+    return [d for d in yaml.safe_load_all(MLFLOW_K8S.read_text()) if d]
+
+
 def ray_job(documents: list[dict]) -> dict:
     (job,) = [d for d in documents if d.get("kind") == "RayJob"]
     return job
+
+
+def of_kind(documents: list[dict], kind: str) -> list[dict]:
+    return [d for d in documents if d.get("kind") == kind]
 
 
 def environment(service: dict) -> dict[str, str]:
@@ -202,6 +223,23 @@ def is_named_volume(source: str) -> bool:
     return bool(source) and not source.startswith((".", "/", "~", "$"))
 
 
+def secret_mounts(service: dict) -> dict[str, str]:
+    """{path in the container: secret name} of a compose service's secrets."""
+    mounts = {}
+    for entry in service.get("secrets") or []:
+        entry = {"source": entry} if isinstance(entry, str) else entry
+        target = PurePosixPath(entry.get("target") or entry["source"])
+        mounts[str(target if target.is_absolute() else RUN_SECRETS / target)] = entry["source"]
+    return mounts
+
+
+def files_read_into(script: str) -> dict[str, str]:
+    """{VARIABLE: path} for each `VARIABLE=$(cat path)` of a shell script (`$$`
+    is Compose's escape for `$`)."""
+    found = re.findall(r"\b([A-Z_][A-Z0-9_]*)=\$\$?\(cat\s+([^\s)]+)\)", script)
+    return dict(found)
+
+
 def pod_specs(job: dict) -> dict[str, dict]:
     """{"head": pod spec, "worker <group>": pod spec} of a RayJob's cluster."""
     cluster = job["spec"]["rayClusterSpec"]
@@ -209,6 +247,35 @@ def pod_specs(job: dict) -> dict[str, dict]:
     for group in cluster.get("workerGroupSpecs", []):
         specs[f"worker {group['groupName']}"] = group["template"]["spec"]
     return specs
+
+
+def pod_labels(job: dict) -> dict[str, dict[str, str]]:
+    """{"head" / "worker <group>" / "submitter": pod template labels} of a RayJob."""
+    cluster = job["spec"]["rayClusterSpec"]
+    labels = {"head": cluster["headGroupSpec"]["template"].get("metadata", {}).get("labels", {})}
+    for group in cluster.get("workerGroupSpecs", []):
+        template = group["template"]
+        labels[f"worker {group['groupName']}"] = template.get("metadata", {}).get("labels", {})
+    submitter = job["spec"].get("submitterPodTemplate") or {}
+    labels["submitter"] = submitter.get("metadata", {}).get("labels", {})
+    return labels
+
+
+def env_entries(container: dict) -> dict[str, dict]:
+    """{name: env entry} of a Kubernetes container."""
+    return {entry["name"]: entry for entry in container.get("env") or []}
+
+
+def secret_ref(entry: dict | None) -> tuple[str, str] | None:
+    """(Secret name, key) an env entry takes its value from, else None."""
+    ref = ((entry or {}).get("valueFrom") or {}).get("secretKeyRef")
+    return (ref.get("name"), ref.get("key")) if ref else None
+
+
+def matches(selector: dict, labels: dict[str, str]) -> bool:
+    """Whether a label selector with matchLabels only selects these labels."""
+    wanted = selector.get("matchLabels") or {}
+    return bool(wanted) and all(labels.get(k) == v for k, v in wanted.items())
 
 
 def pod_mounts(spec: dict) -> dict[str, tuple[dict, dict]]:
@@ -258,8 +325,10 @@ def base_image_problems(dockerfile_text: str) -> list[str]:
 
 
 def pip_install_problems(dockerfile_text: str) -> list[str]:
+    """pip installs the project with its extras, or a dependency of it (for an
+    extra of that package) at pyproject's pin."""
     extras = set(pyproject().get("optional-dependencies", {}))
-    known = {canonicalize_name(r.name) for r in project_requirements()}
+    known = {canonicalize_name(r.name): r.specifier for r in project_requirements()}
     takes_value = {"-r", "--requirement", "-c", "--constraint", "-e", "--editable", "-i"}
     takes_value |= {"--index-url", "--extra-index-url", "-f", "--find-links", "-t", "--target"}
     problems, installs = [], 0
@@ -286,6 +355,10 @@ def pip_install_problems(dockerfile_text: str) -> list[str]:
                     problems += [f"pip install {word}: no extra {e!r}" for e in wanted - extras]
                 elif canonicalize_name(Requirement(word).name) not in known:
                     problems.append(f"pip install {word}: not a dependency in pyproject.toml")
+                elif (
+                    Requirement(word).specifier != known[canonicalize_name(Requirement(word).name)]
+                ):
+                    problems.append(f"pip install {word}: not the version pyproject.toml pins")
     return problems if installs else ["no pip install"]
 
 
@@ -373,38 +446,109 @@ def ray_service_problems(services: dict) -> list[str]:
 
 
 def mlflow_service_problems(services: dict) -> list[str]:
+    """The MLflow server runs its basic-auth app, keeps its users on a volume,
+    and takes every password from a secret: PostgreSQL's from the same secret
+    the database is initialised with."""
     mlflow = services_running(services, "mlflow", "server")
     if len(mlflow) != 1:
         return [f"want one mlflow server service, got {sorted(mlflow)}"]
     ((name, words),) = mlflow.items()
+    service = services[name]
     unknown = set(flags_used(words)) - cli_flags("mlflow", "server")
     problems = [f"{name}: `mlflow server` has no option {f}" for f in sorted(unknown)]
-    if (flag_value(words, "--port") or "5000") not in container_ports(services[name]):
+    if (flag_value(words, "--port") or "5000") not in container_ports(service):
         problems.append(f"{name}: its --port is not the published container port")
+    if flag_value(words, "--app-name") != "basic-auth":
+        problems.append(f"{name}: not started with --app-name basic-auth: no login is asked")
+    # What the entrypoint reads into the environment, from which mounted secret.
+    mounted = secret_mounts(service)
+    read = files_read_into(" ".join(shell_words(service.get("entrypoint") or [])))
+    from_secret = {var: mounted.get(path) for var, path in read.items()}
+    env = environment(service)
+    for variable in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        if not from_secret.get(variable):
+            problems.append(f"{name}: {variable} is not read from a mounted secret")
+    if not env.get("MLFLOW_AUTH_ADMIN_USERNAME"):
+        problems.append(f"{name}: no MLFLOW_AUTH_ADMIN_USERNAME for the admin user")
+    # The basic-auth app's users live in ./basic_auth.db: the working directory.
+    workdir = service.get("working_dir", "")
+    if not any(is_named_volume(s) and t == workdir for s, t, _ in volume_mounts(service)):
+        problems.append(f"{name}: working directory {workdir!r} (basic_auth.db) is no volume")
     postgres = {n: s for n, s in services.items() if s.get("image", "").startswith("postgres:")}
     if len(postgres) != 1:
         return [*problems, f"want one postgres:<version> service, got {sorted(postgres)}"]
     ((db_name, db),) = postgres.items()
     uri = urlsplit(flag_value(words, "--backend-store-uri") or "")
-    env = environment(db)
+    db_env = environment(db)
     if uri.scheme != "postgresql":
         problems.append(f"{name}: backend store {uri.geturl()!r} is not postgresql://")
-    got = (uri.username, uri.password, uri.hostname, uri.port, uri.path.lstrip("/"))
-    want = (
-        env.get("POSTGRES_USER"),
-        env.get("POSTGRES_PASSWORD"),
-        db_name,
-        5432,
-        env.get("POSTGRES_DB"),
-    )
+    got = (uri.username, uri.hostname, uri.port, uri.path.lstrip("/"))
+    want = (db_env.get("POSTGRES_USER"), db_name, 5432, db_env.get("POSTGRES_DB"))
     if got != want:
-        problems.append(f"{name}: backend store (user, password, host, port, db) {got} != {want}")
+        problems.append(f"{name}: backend store (user, host, port, db) {got} != {want}")
+    db_secret = secret_mounts(db).get(db_env.get("POSTGRES_PASSWORD_FILE", ""))
+    if not db_secret:
+        problems.append(f"{db_name}: POSTGRES_PASSWORD_FILE is not a mounted secret")
+    elif from_secret.get("PGPASSWORD") != db_secret:
+        problems.append(f"{name}: PGPASSWORD is not read from {db_name}'s secret {db_secret}")
     test = shell_words(db.get("healthcheck", {}).get("test", []))
     if not any("pg_isready" in word for word in test):
         problems.append(f"{db_name}: no pg_isready healthcheck")
-    condition = services[name].get("depends_on", {}).get(db_name, {}).get("condition")
+    condition = service.get("depends_on", {}).get(db_name, {}).get("condition")
     if condition != "service_healthy":
         problems.append(f"{name}: does not wait for {db_name} to be healthy")
+    return problems
+
+
+def compose_ray_auth_problems(services: dict) -> list[str]:
+    """Every Ray node demands and sends Ray's token, read from a mounted secret,
+    and logs to MLflow with the login in a mounted credentials file."""
+    problems = []
+    for name in services_running(services, "ray", "start"):
+        env, mounted = environment(services[name]), secret_mounts(services[name])
+        if env.get("RAY_AUTH_MODE") != "token":
+            problems.append(f"{name}: RAY_AUTH_MODE is {env.get('RAY_AUTH_MODE')!r}, not token")
+        if env.get("RAY_AUTH_TOKEN_PATH") not in mounted:
+            problems.append(f"{name}: RAY_AUTH_TOKEN_PATH is not a mounted secret")
+        if "RAY_AUTH_TOKEN" in env:
+            problems.append(f"{name}: RAY_AUTH_TOKEN set here, not read from a secret")
+        if "/home/ray/.mlflow/credentials" not in mounted:
+            problems.append(f"{name}: no MLflow login at ~/.mlflow/credentials")
+    return problems
+
+
+def compose_secret_problems(document: dict, made: Path) -> list[str]:
+    """Each secret a service mounts is declared from a file in docker/secrets/,
+    and docker/make-secrets.sh (run into `made`) writes each of those files,
+    readable by the containers, in a folder only its owner enters; the Ray
+    nodes' MLflow login is the admin's."""
+    declared = document.get("secrets") or {}
+    problems = []
+    for name, service in document["services"].items():
+        for secret in secret_mounts(service).values():
+            if secret not in declared:
+                problems.append(f"{name}: secret {secret!r} is not declared")
+    for secret, source in declared.items():
+        path = PurePosixPath(source.get("file", ""))
+        if path.parent != PurePosixPath("secrets"):
+            problems.append(f"secret {secret}: {source} is not a file in docker/secrets/")
+        elif not (made / path.name).is_file():
+            problems.append(f"secret {secret}: make-secrets.sh writes no {path.name}")
+        elif not (made / path.name).stat().st_mode & stat.S_IROTH:
+            problems.append(f"secret {secret}: {path.name} is unreadable to the containers' users")
+    if stat.S_IMODE(made.stat().st_mode) != 0o700:
+        problems.append(f"make-secrets.sh leaves its folder {oct(made.stat().st_mode)}, not 0700")
+    login = configparser.ConfigParser()
+    login.read(made / "mlflow_credentials")
+    ((mlflow, _),) = services_running(document["services"], "mlflow", "server").items()
+    admin = (
+        environment(document["services"][mlflow]).get("MLFLOW_AUTH_ADMIN_USERNAME"),
+        (made / "mlflow_admin_password").read_text(),
+    )
+    section = login["mlflow"] if login.has_section("mlflow") else {}
+    user = (section.get("mlflow_tracking_username"), section.get("mlflow_tracking_password"))
+    if user != admin:
+        problems.append("mlflow_credentials is not the MLflow admin's login")
     return problems
 
 
@@ -505,19 +649,213 @@ def rayjob_problems(documents: list[dict]) -> list[str]:
     return problems
 
 
+def rayjob_auth_problems(documents: list[dict]) -> list[str]:
+    """Token auth on the RayJob's cluster: KubeRay's authOptions name the Secret,
+    and every Ray container (head, workers, the submitter) runs with
+    RAY_AUTH_MODE=token and the token from that Secret; the head and workers
+    have the MLflow login from a Secret."""
+    job = ray_job(documents)
+    spec = job["spec"]
+    auth = spec["rayClusterSpec"].get("authOptions") or {}
+    problems = []
+    if auth.get("mode") != "token" or not auth.get("secretName"):
+        problems.append(f"authOptions {auth}: not mode token with a secretName")
+    pods = pod_specs(job)
+    submitter = spec.get("submitterPodTemplate")
+    if not submitter:
+        problems.append("no submitterPodTemplate: the submitter gets no token of ours")
+    else:
+        pods["submitter"] = submitter["spec"]
+    for pod, pod_spec in pods.items():
+        env = env_entries(pod_spec["containers"][0])  # KubeRay's Ray container
+        if env.get("RAY_AUTH_MODE", {}).get("value") != "token":
+            problems.append(f"{pod}: RAY_AUTH_MODE is not token")
+        if secret_ref(env.get("RAY_AUTH_TOKEN")) != (auth.get("secretName"), RAY_TOKEN_KEY):
+            problems.append(
+                f"{pod}: RAY_AUTH_TOKEN is not {RAY_TOKEN_KEY} of Secret {auth.get('secretName')}"
+            )
+        if pod != "submitter":
+            for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                if not secret_ref(env.get(variable)):
+                    problems.append(f"{pod}: {variable} is not from a Secret")
+    return problems
+
+
+def network_policy_problems(documents: list[dict]) -> list[str]:
+    """One NetworkPolicy selects the head (and no other pod of the job) and lets
+    in only pods labelled with the job's name, or KubeRay's operator on the
+    dashboard port."""
+    job = ray_job(documents)
+    name, labels = job["metadata"]["name"], pod_labels(job)
+    head_ports = {
+        p.get("name"): p["containerPort"]
+        for p in pod_specs(job)["head"]["containers"][0].get("ports", [])
+    }
+    dashboard = head_ports.get("dashboard", 8265)
+    policies = [
+        p
+        for p in of_kind(documents, "NetworkPolicy")
+        if matches(p["spec"].get("podSelector", {}), labels["head"])
+    ]
+    if len(policies) != 1:
+        return [f"want one NetworkPolicy selecting the head, got {len(policies)}"]
+    (policy,) = policies
+    spec, problems = policy["spec"], []
+    for pod, theirs in labels.items():
+        if pod != "head" and matches(spec["podSelector"], theirs):
+            problems.append(f"the head's NetworkPolicy also selects the {pod}")
+    if "Ingress" not in spec.get("policyTypes", ["Ingress"]):
+        problems.append("the head's NetworkPolicy does not restrict ingress")
+    for rule in spec.get("ingress") or []:
+        if not rule.get("from"):
+            problems.append(f"ingress rule {rule} admits every source")
+            continue
+        ports = {str(p.get("port")) for p in rule.get("ports") or []}
+        for peer in rule["from"]:
+            selector = peer.get("podSelector") or {}
+            if "ipBlock" in peer or selector.get("matchExpressions"):
+                problems.append(f"ingress peer {peer}: not a matchLabels pod selector")
+            elif "namespaceSelector" in peer:
+                operator = selector.get("matchLabels") == {
+                    "app.kubernetes.io/name": "kuberay-operator"
+                }
+                if not operator or ports != {str(dashboard)}:
+                    problems.append(f"ingress peer {peer} on {ports or 'every port'}")
+            elif (selector.get("matchLabels") or {}).get("app.kubernetes.io/instance") != name:
+                problems.append(f"ingress peer {peer}: not this job's pods ({name})")
+            else:
+                missing = [pod for pod, theirs in labels.items() if not matches(selector, theirs)]
+                if missing:
+                    problems.append(f"ingress peer {peer} leaves out the {', '.join(missing)}")
+    return problems
+
+
+def mlflow_k8s_problems(documents: list[dict], job_documents: list[dict]) -> list[str]:
+    """The Kubernetes MLflow server runs its basic-auth app with every secret
+    from a Secret, keeps its users on a volume, answers at the RayJob's
+    MLFLOW_TRACKING_URI, and its admin is the login the Ray pods use."""
+    servers = [
+        (d, c)
+        for d in of_kind(documents, "Deployment")
+        for c in d["spec"]["template"]["spec"]["containers"]
+        if shell_words(c.get("command") or [])[:2] == ["mlflow", "server"]
+    ]
+    if len(servers) != 1:
+        return [f"want one Deployment running mlflow server, got {len(servers)}"]
+    ((deployment, container),) = servers
+    words = shell_words(container["command"]) + shell_words(container.get("args") or [])
+    unknown = set(flags_used(words)) - cli_flags("mlflow", "server")
+    problems = [f"mlflow.yaml: `mlflow server` has no option {f}" for f in sorted(unknown)]
+    if flag_value(words, "--app-name") != "basic-auth":
+        problems.append("mlflow.yaml: not started with --app-name basic-auth: no login is asked")
+    env = env_entries(container)
+    for variable in (
+        "MLFLOW_BACKEND_STORE_URI",
+        "MLFLOW_AUTH_ADMIN_USERNAME",
+        "MLFLOW_AUTH_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    ):
+        if not secret_ref(env.get(variable)):
+            problems.append(f"mlflow.yaml: {variable} is not from a Secret")
+    if flag_value(words, "--backend-store-uri"):
+        problems.append("mlflow.yaml: --backend-store-uri given, not MLFLOW_BACKEND_STORE_URI")
+    pod = deployment["spec"]["template"]["spec"]
+    workdir = pod_mounts(pod).get(container.get("workingDir", ""), ({}, {}))[1]
+    if "persistentVolumeClaim" not in workdir:
+        problems.append("mlflow.yaml: the working directory (basic_auth.db) is no volume claim")
+    job_env = yaml.safe_load(ray_job(job_documents)["spec"]["runtimeEnvYAML"])["env_vars"]
+    uri = urlsplit(job_env["MLFLOW_TRACKING_URI"])
+    service, namespace = (uri.hostname.split(".") + [None])[:2]
+    port = int(flag_value(words, "--port") or 5000)
+    found = [
+        s
+        for s in of_kind(documents, "Service")
+        if s["metadata"]["name"] == service
+        and s["metadata"].get("namespace") == (namespace or s["metadata"].get("namespace"))
+        and matches(
+            {"matchLabels": s["spec"].get("selector")},
+            deployment["spec"]["template"]["metadata"]["labels"],
+        )
+        and any(
+            p["port"] == uri.port and p.get("targetPort", p["port"]) == port
+            for p in s["spec"]["ports"]
+        )
+    ]
+    if not found:
+        problems.append(f"no Service of mlflow.yaml answers at {uri.geturl()} on --port {port}")
+    login = {
+        secret_ref(env.get("MLFLOW_AUTH_ADMIN_USERNAME")),
+        secret_ref(env.get("MLFLOW_AUTH_ADMIN_PASSWORD")),
+    }
+    for pod_name, pod_spec in pod_specs(ray_job(job_documents)).items():
+        theirs = env_entries(pod_spec["containers"][0])
+        used = {
+            secret_ref(theirs.get("MLFLOW_TRACKING_USERNAME")),
+            secret_ref(theirs.get("MLFLOW_TRACKING_PASSWORD")),
+        }
+        if used != login:
+            problems.append(f"{pod_name}: its MLflow login {used} is not the admin's {login}")
+    return problems
+
+
+# A `NAME=value` in a string (a compose `environment` list, a shell script);
+# a value read with $(...) or ${...} is no literal.
+ASSIGNMENT = re.compile(r"(?<![\w$])([A-Za-z_][A-Za-z0-9_]*)=(?![$\s])")
+
+
+def literal_credential_problems(node, where: str) -> list[str]:
+    """Passwords and tokens written as values anywhere in a parsed YAML file: a
+    URI with a password; a variable named like a secret (pipeline.submit's rule:
+    *PASSWORD*, *SECRET*, *TOKEN*, *_KEY) with a value, as a mapping key, a
+    Kubernetes env entry or a NAME=value string; a Secret with its data."""
+    problems = []
+    if isinstance(node, dict):
+        if node.get("kind") == "Secret" and (node.get("data") or node.get("stringData")):
+            problems.append(f"{where}: a Secret's values are written here")
+        name = node.get("name")
+        if isinstance(name, str) and "value" in node and env_like(name) and secret_name(name):
+            problems.append(f"{where}: env {name} has a literal value")
+        for key, value in node.items():
+            if isinstance(value, (str, int, float)) and env_like(str(key)) and secret_name(key):
+                problems.append(f"{where}.{key}: a literal value")
+            if key == "runtimeEnvYAML" and isinstance(value, str):
+                problems += literal_credential_problems(yaml.safe_load(value), f"{where}.{key}")
+            else:
+                problems += literal_credential_problems(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            problems += literal_credential_problems(item, f"{where}[{index}]")
+    elif isinstance(node, str):
+        if has_uri_password(node):
+            problems.append(f"{where}: a URI with a password")
+        for name in ASSIGNMENT.findall(node):
+            if env_like(name) and secret_name(name):
+                problems.append(f"{where}: {name}= has a literal value")
+    return problems
+
+
+def env_like(name: str) -> bool:
+    """An environment variable's name as written (MLFLOW_TRACKING_PASSWORD), not
+    a Kubernetes field (secretName)."""
+    return re.fullmatch(r"[A-Z][A-Z0-9_]*", name) is not None
+
+
 def image_tag_problems(compose_document: dict, documents: list[dict]) -> list[str]:
     """Every image of this project (by name, whatever the registry) carries
     pyproject's version, and the compose build produces that image."""
     name, version = pyproject()["name"], pyproject()["version"]
     images = [s.get("image", "") for s in compose_document["services"].values()]
-    for pod_spec in pod_specs(ray_job(documents)).values():
-        images += [c["image"] for c in pod_spec["containers"]]
+    job = ray_job(documents)
+    pods = [*pod_specs(job).values(), job["spec"].get("submitterPodTemplate", {}).get("spec", {})]
+    pods += [d["spec"]["template"]["spec"] for d in of_kind(documents, "Deployment")]
+    for pod_spec in pods:
+        images += [c["image"] for c in pod_spec.get("containers", [])]
     ours = [i for i in images if image_name_tag(i)[0] == name]
     problems = [f"{i}: not tagged {version}" for i in ours if image_name_tag(i)[1] != version]
     for service, spec in compose_document["services"].items():
         if "build" in spec and image_name_tag(spec.get("image", ""))[0] != name:
             problems.append(f"{service}: builds {spec.get('image')!r}, not a {name} image")
-    if len(ours) < 4:  # head, worker and mlflow in compose; the RayJob's pods
+    if len(ours) < 7:  # head, worker, mlflow in compose; the RayJob's 3 pods; mlflow.yaml
         problems.append(f"only {ours} are {name} images")
     return problems
 
@@ -554,6 +892,33 @@ def test_compose_mlflow_and_postgres():
     assert mlflow_service_problems(compose()["services"]) == []
 
 
+def test_compose_ray_nodes_use_the_token_and_an_mlflow_login():
+    assert compose_ray_auth_problems(compose()["services"]) == []
+
+
+def test_compose_secrets_are_the_files_make_secrets_writes(tmp_path):
+    folder = tmp_path / "secrets"
+    subprocess.run(["bash", str(MAKE_SECRETS), str(folder)], check=True, capture_output=True)
+    first = {f.name: f.read_text() for f in folder.iterdir()}
+    (folder / "ray_auth_token").unlink()
+
+    subprocess.run(["bash", str(MAKE_SECRETS), str(folder)], check=True, capture_output=True)
+
+    assert compose_secret_problems(compose(), folder) == []
+    again = {f.name: f.read_text() for f in folder.iterdir()}
+    assert again.keys() == first.keys()
+    # Kept, except the one deleted, which is new; all random and distinct.
+    assert {k: v for k, v in again.items() if k != "ray_auth_token"} == {
+        k: v for k, v in first.items() if k != "ray_auth_token"
+    }
+    assert again["ray_auth_token"] != first["ray_auth_token"]
+    assert len(set(again.values())) == len(again) and len(again["ray_auth_token"]) == 64
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "docker/secrets/ray_auth_token"], cwd=ROOT, check=False
+    )
+    assert ignored.returncode == 0, "docker/secrets/ is not ignored by git"
+
+
 def test_compose_paths_and_volumes():
     assert compose_path_problems(compose()) == []
     assert shared_mount_problems(compose()["services"]) == []
@@ -588,8 +953,26 @@ def test_rayjob_mlflow_matches_compose_service():
     assert str(uri.port) == (flag_value(words, "--port") or "5000")
 
 
+def test_rayjob_ray_pods_use_the_token_and_an_mlflow_login():
+    assert rayjob_auth_problems(rayjob_documents()) == []
+
+
+def test_rayjob_head_is_reached_only_by_the_clusters_pods():
+    assert network_policy_problems(rayjob_documents()) == []
+
+
+def test_kubernetes_mlflow_asks_for_the_login_the_ray_pods_have():
+    assert mlflow_k8s_problems(mlflow_documents(), rayjob_documents()) == []
+
+
+def test_no_password_or_token_is_written_in_any_yaml():
+    files = {COMPOSE: [compose()], RAYJOB: rayjob_documents(), MLFLOW_K8S: mlflow_documents()}
+    for path, documents in files.items():
+        assert literal_credential_problems(documents, path.name) == []
+
+
 def test_project_images_are_tagged_with_the_project_version():
-    assert image_tag_problems(compose(), rayjob_documents()) == []
+    assert image_tag_problems(compose(), rayjob_documents() + mlflow_documents()) == []
 
 
 # ---------------------------------------------------------------------------
@@ -629,9 +1012,13 @@ def test_checks_reject_broken_copies():
         name = next(iter(services_running(services, "mlflow", "server")))
         services[name]["command"] = [*shell_words(services[name]["command"]), "--no-such-flag"]
 
-    def wrong_password(services):
+    def database_password_elsewhere(services):
         db = next(s for s in services.values() if s.get("image", "").startswith("postgres:"))
-        db["environment"] = {**environment(db), "POSTGRES_PASSWORD": "other"}
+        db["secrets"] = ["other_password"]
+        db["environment"] = {
+            **environment(db),
+            "POSTGRES_PASSWORD_FILE": "/run/secrets/other_password",
+        }
 
     def wrong_tracking_uri(services):
         for name in ray_nodes(services):
@@ -649,7 +1036,7 @@ def test_checks_reject_broken_copies():
     assert ray_service_problems(broken(bad_ray_flag)["services"])
     assert ray_service_problems(broken(wrong_tracking_uri)["services"])
     assert mlflow_service_problems(broken(bad_mlflow_flag)["services"])
-    assert mlflow_service_problems(broken(wrong_password)["services"])
+    assert mlflow_service_problems(broken(database_password_elsewhere)["services"])
     assert compose_path_problems(broken(undeclared_volume))
     assert shared_mount_problems(broken(worker_shares_elsewhere)["services"])
 
@@ -684,7 +1071,7 @@ def test_checks_reject_broken_copies():
             for container in pod_spec["containers"]:
                 container["image"] = container["image"].replace(pyproject()["version"], "9.9.9")
 
-    assert image_tag_problems(compose(), broken_job(retagged))
+    assert image_tag_problems(compose(), broken_job(retagged) + mlflow_documents())
 
 
 @pytest.mark.parametrize("command", [("ray", "start"), ("mlflow", "server")])
@@ -695,3 +1082,305 @@ def test_cli_flag_parser_reads_the_real_help(command):
     assert {"--help"} < flags
     assert ("--head" in flags) if command[0] == "ray" else ("--backend-store-uri" in flags)
     assert "--no-such-flag" not in flags
+
+
+def test_auth_checks_reject_broken_copies(tmp_path):
+    # compose.yaml: each edit, and the check that must catch it.
+    def ray_nodes(services):
+        return services_running(services, "ray", "start")
+
+    def head(services):
+        return next(s for n, s in services.items() if "--head" in ray_nodes(services).get(n, []))
+
+    def worker(services):
+        return next(
+            s for n, s in services.items() if n in ray_nodes(services) and s is not head(services)
+        )
+
+    def mlflow(services):
+        return services[next(iter(services_running(services, "mlflow", "server")))]
+
+    def postgres(services):
+        return next(s for s in services.values() if s.get("image", "").startswith("postgres:"))
+
+    def set_env(service, **values):
+        service["environment"] = {**environment(service), **values}
+
+    def drop_env(service, name):
+        service["environment"] = {k: v for k, v in environment(service).items() if k != name}
+
+    def set_command(service, edit):
+        service["command"] = edit(shell_words(service["command"]))
+
+    compose_edits = {
+        "worker without token auth": (
+            lambda s: set_env(worker(s), RAY_AUTH_MODE="disabled"),
+            compose_ray_auth_problems,
+        ),
+        "head without RAY_AUTH_MODE": (
+            lambda s: drop_env(head(s), "RAY_AUTH_MODE"),
+            compose_ray_auth_problems,
+        ),
+        "token path not mounted": (
+            lambda s: set_env(head(s), RAY_AUTH_TOKEN_PATH="/home/ray/token"),
+            compose_ray_auth_problems,
+        ),
+        "token written in": (
+            lambda s: set_env(head(s), RAY_AUTH_TOKEN="0123456789abcdef"),
+            compose_ray_auth_problems,
+        ),
+        "worker without an MLflow login": (
+            lambda s: worker(s).update(secrets=["ray_auth_token"]),
+            compose_ray_auth_problems,
+        ),
+        "mlflow without basic auth": (
+            lambda s: set_command(mlflow(s), lambda w: [x for x in w if "--app-name" not in x]),
+            mlflow_service_problems,
+        ),
+        "admin password not from a secret": (
+            lambda s: mlflow(s).pop("entrypoint"),
+            mlflow_service_problems,
+        ),
+        "admin password's secret not mounted": (
+            lambda s: mlflow(s).update(secrets=["mlflow_flask_secret_key", "postgres_password"]),
+            mlflow_service_problems,
+        ),
+        "no admin user name": (
+            lambda s: drop_env(mlflow(s), "MLFLOW_AUTH_ADMIN_USERNAME"),
+            mlflow_service_problems,
+        ),
+        "users kept in the container": (
+            lambda s: mlflow(s).update(working_dir="/tmp"),
+            mlflow_service_problems,
+        ),
+        "database password written in": (
+            lambda s: set_env(postgres(s), POSTGRES_PASSWORD="mlflow-password"),
+            lambda s: literal_credential_problems(s, "compose"),
+        ),
+        "password in the backend store URI": (
+            lambda s: set_command(
+                mlflow(s),
+                lambda w: [x.replace("mlflow@", "mlflow:mlflow-password@") for x in w],
+            ),
+            lambda s: literal_credential_problems(s, "compose"),
+        ),
+        "admin password written in the entrypoint": (
+            lambda s: mlflow(s).update(
+                entrypoint=[
+                    x.replace("$$(cat /run/secrets/mlflow_admin_password)", "hunter2hunter2")
+                    for x in mlflow(s)["entrypoint"]
+                ]
+            ),
+            lambda s: literal_credential_problems(s, "compose") and mlflow_service_problems(s),
+        ),
+        "MLflow password in a list environment": (
+            lambda s: worker(s).update(
+                environment=["MLFLOW_TRACKING_URI=http://mlflow:5000", "MLFLOW_TRACKING_PASSWORD=x"]
+            ),
+            lambda s: literal_credential_problems(s, "compose"),
+        ),
+        "MLflow published on every interface": (
+            lambda s: mlflow(s).update(ports=["0.0.0.0:5000:5000"]),
+            published_port_problems,
+        ),
+    }
+    for mistake, (edit, check) in compose_edits.items():
+        services = copy.deepcopy(compose()["services"])
+        edit(services)
+        assert check(services), mistake
+
+    folder = tmp_path / "secrets"
+    subprocess.run(["bash", str(MAKE_SECRETS), str(folder)], check=True, capture_output=True)
+
+    def undeclared(document):
+        head(document["services"])["secrets"].append("nosuchsecret")
+
+    def outside_secrets(document):
+        document["secrets"]["ray_auth_token"] = {"file": "/home/me/token"}
+
+    def not_made(document):
+        document["secrets"]["ray_auth_token"] = {"file": "./secrets/nosuchfile"}
+
+    for edit in (undeclared, outside_secrets, not_made):
+        document = copy.deepcopy(compose())
+        edit(document)
+        assert compose_secret_problems(document, folder), edit.__name__
+    (folder / "mlflow_credentials").write_text(
+        "[mlflow]\nmlflow_tracking_username = admin\nmlflow_tracking_password = other\n"
+    )
+    assert compose_secret_problems(compose(), folder), "another MLflow login"
+    subprocess.run(["bash", str(MAKE_SECRETS), str(folder)], check=True, capture_output=True)
+    (folder / "postgres_password").chmod(0o600)
+    assert compose_secret_problems(compose(), folder), "unreadable to the containers"
+    (folder / "postgres_password").chmod(0o644)
+    folder.chmod(0o755)
+    assert compose_secret_problems(compose(), folder), "folder open to everyone"
+
+    # rayjob.yaml and mlflow.yaml
+    def containers(spec, pod):
+        if pod == "submitter":
+            return spec["submitterPodTemplate"]["spec"]["containers"]
+        cluster = spec["rayClusterSpec"]
+        if pod == "head":
+            return cluster["headGroupSpec"]["template"]["spec"]["containers"]
+        return cluster["workerGroupSpecs"][0]["template"]["spec"]["containers"]
+
+    def set_k8s_env(spec, pod, name, **entry):
+        container = containers(spec, pod)[0]
+        env = [e for e in container.get("env", []) if e["name"] != name]
+        container["env"] = env + ([{"name": name, **entry}] if entry else [])
+
+    def network_policy(documents):
+        return of_kind(documents, "NetworkPolicy")[0]["spec"]
+
+    def submitter_labels(spec):
+        return spec["submitterPodTemplate"]["metadata"]["labels"]
+
+    token_from_elsewhere = {"valueFrom": {"secretKeyRef": {"name": "other", "key": "auth_token"}}}
+    job_edits = {
+        "no authOptions": (
+            lambda d: ray_job(d)["spec"]["rayClusterSpec"].pop("authOptions"),
+            rayjob_auth_problems,
+        ),
+        "authOptions name another Secret": (
+            lambda d: ray_job(d)["spec"]["rayClusterSpec"]["authOptions"].update(secretName="x"),
+            rayjob_auth_problems,
+        ),
+        "worker without token auth": (
+            lambda d: set_k8s_env(ray_job(d)["spec"], "worker", "RAY_AUTH_MODE", value="disabled"),
+            rayjob_auth_problems,
+        ),
+        "head without the token": (
+            lambda d: set_k8s_env(ray_job(d)["spec"], "head", "RAY_AUTH_TOKEN"),
+            rayjob_auth_problems,
+        ),
+        "head token from another Secret": (
+            lambda d: set_k8s_env(
+                ray_job(d)["spec"], "head", "RAY_AUTH_TOKEN", **token_from_elsewhere
+            ),
+            rayjob_auth_problems,
+        ),
+        "token written in": (
+            lambda d: set_k8s_env(ray_job(d)["spec"], "worker", "RAY_AUTH_TOKEN", value="0123abcd"),
+            lambda d: rayjob_auth_problems(d) and literal_credential_problems(d, "rayjob"),
+        ),
+        "no submitter template": (
+            lambda d: ray_job(d)["spec"].pop("submitterPodTemplate"),
+            rayjob_auth_problems,
+        ),
+        "submitter without token auth": (
+            lambda d: set_k8s_env(ray_job(d)["spec"], "submitter", "RAY_AUTH_MODE"),
+            rayjob_auth_problems,
+        ),
+        "MLflow password written in": (
+            lambda d: set_k8s_env(
+                ray_job(d)["spec"], "head", "MLFLOW_TRACKING_PASSWORD", value="pw"
+            ),
+            lambda d: rayjob_auth_problems(d) and literal_credential_problems(d, "rayjob"),
+        ),
+        "MLflow password in the runtime env": (
+            lambda d: ray_job(d)["spec"].update(
+                runtimeEnvYAML="env_vars:\n  MLFLOW_TRACKING_PASSWORD: pw\n"
+            ),
+            lambda d: literal_credential_problems(d, "rayjob"),
+        ),
+        "MLflow URI with a password in the runtime env": (
+            lambda d: ray_job(d)["spec"].update(
+                runtimeEnvYAML="env_vars:\n  MLFLOW_TRACKING_URI: http://a:pw@mlflow.vggpipe.svc:5000\n"
+            ),
+            lambda d: literal_credential_problems(d, "rayjob"),
+        ),
+        "a Secret written in": (
+            lambda d: d.append(
+                {"apiVersion": "v1", "kind": "Secret", "stringData": {"auth_token": "x"}}
+            ),
+            lambda d: literal_credential_problems(d, "rayjob"),
+        ),
+        "no NetworkPolicy": (
+            lambda d: d.remove(of_kind(d, "NetworkPolicy")[0]),
+            network_policy_problems,
+        ),
+        "policy selects every pod of the job": (
+            lambda d: network_policy(d)["podSelector"]["matchLabels"].pop(
+                "app.kubernetes.io/component"
+            ),
+            network_policy_problems,
+        ),
+        "policy restricts egress only": (
+            lambda d: network_policy(d).update(policyTypes=["Egress"]),
+            network_policy_problems,
+        ),
+        "a rule from anywhere": (
+            lambda d: network_policy(d)["ingress"].append({"ports": [{"port": 6379}]}),
+            network_policy_problems,
+        ),
+        "a rule from an address block": (
+            lambda d: network_policy(d)["ingress"].append(
+                {"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}
+            ),
+            network_policy_problems,
+        ),
+        "the operator on every port": (
+            lambda d: network_policy(d)["ingress"][1].pop("ports"),
+            network_policy_problems,
+        ),
+        "any pod of any namespace on the dashboard": (
+            lambda d: network_policy(d)["ingress"][1]["from"][0].update(podSelector={}),
+            network_policy_problems,
+        ),
+        "another job's pods": (
+            lambda d: network_policy(d)["ingress"][0]["from"][0]["podSelector"][
+                "matchLabels"
+            ].update({"app.kubernetes.io/instance": "other"}),
+            network_policy_problems,
+        ),
+        "submitter left out": (
+            lambda d: submitter_labels(ray_job(d)["spec"]).pop("app.kubernetes.io/instance"),
+            network_policy_problems,
+        ),
+    }
+    for mistake, (edit, check) in job_edits.items():
+        documents = copy.deepcopy(rayjob_documents())
+        edit(documents)
+        assert check(documents), mistake
+
+    def server(documents):
+        return of_kind(documents, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+
+    def set_server_env(documents, name, **entry):
+        container = server(documents)
+        container["env"] = [e for e in container["env"] if e["name"] != name] + [
+            {"name": name, **entry}
+        ]
+
+    mlflow_edits = {
+        "without basic auth": lambda d: server(d).update(
+            command=["mlflow", "server", "--port=5000"]
+        ),
+        "admin password written in": lambda d: set_server_env(
+            d, "MLFLOW_AUTH_ADMIN_PASSWORD", value="x" * 16
+        ),
+        "database URI in the command": lambda d: server(d)["command"].append(
+            "--backend-store-uri=postgresql://mlflow@db:5432/mlflow"
+        ),
+        "unknown flag": lambda d: server(d)["command"].append("--no-such-flag"),
+        "users kept in the container": lambda d: server(d).update(workingDir="/tmp"),
+        "Service on another port": lambda d: of_kind(d, "Service")[0]["spec"].update(
+            ports=[{"port": 5001, "targetPort": 5000}]
+        ),
+        "admin from another Secret": lambda d: set_server_env(
+            d,
+            "MLFLOW_AUTH_ADMIN_USERNAME",
+            valueFrom={"secretKeyRef": {"name": "other", "key": "u"}},
+        ),
+    }
+    for mistake, edit in mlflow_edits.items():
+        documents = copy.deepcopy(mlflow_documents())
+        edit(documents)
+        assert mlflow_k8s_problems(documents, rayjob_documents()), mistake
+    documents = copy.deepcopy(mlflow_documents())
+    set_server_env(documents, "MLFLOW_AUTH_ADMIN_PASSWORD", value="x" * 16)
+    assert literal_credential_problems(documents, "mlflow.yaml")
+
+    dockerfile = DOCKERFILE.read_text()
+    assert pip_install_problems(dockerfile.replace("mlflow[auth]==3.17.2", "mlflow[auth]==3.0.0"))
