@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,11 +117,3 @@ def resolve(reference: str, tracking_uri: str | None = None, which: str = "best"
             raise ValueError(f"MLflow run {reference} has no {which} checkpoint (tag {tag})")
         return tags[tag]
     raise FileNotFoundError(f"{reference!r} is neither a checkpoint path nor an MLflow run id")
-
-
-def copy_to_temp(path: str) -> str:
-    """A local copy of a checkpoint folder (for logging it as an artifact)."""
-    destination = tempfile.mkdtemp(prefix="vggpipe-checkpoint-")
-    with _local_copy(path) as folder:
-        shutil.copytree(folder, destination, dirs_exist_ok=True)
-    return destination

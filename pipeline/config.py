@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import MISSING, dataclass
@@ -78,6 +79,23 @@ def settings_digest(value: Any) -> str:
 def require(condition: bool, field_name: str, allowed: str, value: Any) -> None:
     if not condition:
         raise ConfigError(f"{field_name} must be {allowed}; got {value!r}")
+
+
+# What a run name may not hold: it names an MLflow run (a quoted filter value)
+# and a folder under storage_path and work_dir, which it must not leave.
+_UNSAFE_NAME = re.compile(r"[/\\'\"`\x00-\x1f]|^\.|^$")
+
+
+def require_name(field_name: str, value: str | None) -> None:
+    """A run or sweep name: no path separators, quotes or control characters,
+    not starting with a dot (".." would leave its folder)."""
+    if value is not None:
+        require(
+            not _UNSAFE_NAME.search(value),
+            field_name,
+            "a name without / \\ quotes or control characters, not starting with '.'",
+            value,
+        )
 
 
 def as_tuple(config: Any, *names: str) -> None:

@@ -30,7 +30,8 @@ import torch
 from ray.data import Datasource
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from pipeline.shards import SHARD_BATCH_ROWS, ShardInfo, ShardStore
+from pipeline.manifest import ShardInfo
+from pipeline.shards import SHARD_BATCH_ROWS, ShardStore
 from vgg.transforms import (
     PixelStatistics,
     TrainingAugmentation,

@@ -1,9 +1,11 @@
-"""One live command per run: a lease file in the run's storage folder.
+"""One live command per run or output: a lease file in the folder it writes.
 
 Two commands with one run name would write one MLflow run and one checkpoint
-folder together (every epoch logged twice, two sets of models). The first takes
-`<storage>/<run name>/vggpipe-lease.json`; a second finds it and is refused
-while the holder lives, and takes it over once the holder is dead.
+folder together (every epoch logged twice, two sets of models); two
+preprocesses of one output would delete each other's temporary files. The first
+takes `<folder>/vggpipe-lease.json` (a training run's `<storage>/<run name>`,
+a preprocess output); a second finds it and is refused while the holder lives,
+and takes it over once the holder is dead.
 
 Whether the holder lives: on the same machine (same host name and boot), its
 process is looked up (pid and start time, so a reused pid is not mistaken for
@@ -66,13 +68,14 @@ def holder_alive(holder: dict) -> bool:
 
 
 class RunLease:
-    """`with RunLease(storage_path, run_name):` holds the run for the block."""
+    """`with RunLease(folder, "run 'x'"):` holds `folder` for the block; `what`
+    names it in the refusal."""
 
-    def __init__(self, storage_path: str, run_name: str) -> None:
-        self.fs, root = resolve_filesystem(storage_path)
-        self.folder = f"{root.rstrip('/')}/{run_name}"
+    def __init__(self, folder: str, what: str) -> None:
+        self.fs, root = resolve_filesystem(folder)
+        self.folder = root.rstrip("/")
         self.path = f"{self.folder}/{LEASE_FILE}"
-        self.run_name = run_name
+        self.what = what
         self.owner = uuid.uuid4().hex
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -119,10 +122,10 @@ class RunLease:
         if not self._create_exclusively():
             holder = self._read()
             if holder and holder.get("owner") != self.owner and holder_alive(holder):
-                raise LeaseHeld(_held_message(self.run_name, holder))
+                raise LeaseHeld(_held_message(self.what, holder))
             self._write()
             if (self._read() or {}).get("owner") != self.owner:
-                raise LeaseHeld(_held_message(self.run_name, self._read() or {}))
+                raise LeaseHeld(_held_message(self.what, self._read() or {}))
         self._renewer = threading.Thread(target=self._renew, name="run-lease", daemon=True)
         self._renewer.start()
 
@@ -149,12 +152,11 @@ class RunLease:
         self.release()
 
 
-def _held_message(run_name: str, holder: dict) -> str:
+def _held_message(what: str, holder: dict) -> str:
     since = time.strftime("%H:%M:%S", time.localtime(float(holder.get("renewed", 0))))
     return (
-        f"run {run_name!r} is in use by another live command (pid {holder.get('pid')} on "
-        f"{holder.get('host')}, last seen {since}); wait for it to end, or give this run "
-        "another name"
+        f"{what} is in use by another live command (pid {holder.get('pid')} on "
+        f"{holder.get('host')}, last seen {since}); wait for it to end, or give it another name"
     )
 
 

@@ -22,22 +22,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 import zlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipeline.errors import ConfigError, CorruptShardError
+from pipeline.manifest import (  # the manifest's types, with the store that reads them
+    Manifest,
+    ShardInfo,
+)
 
-FORMAT = "vggpipe-shards"
-# Version 2 added the per-row checksum column; version 1 shards (without it)
-# are still read, their rows unchecked.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
 SPLITS = ("train", "val")
 MANIFEST_NAME = "manifest.json"
 PLAN_NAME = "plan.arrow"
@@ -92,6 +92,19 @@ def canonical_uri(uri: str) -> str:
     return uri.rstrip("/") if "://" in uri else os.path.abspath(os.path.expanduser(uri))
 
 
+def require_folder(uri: str, field_name: str) -> None:
+    """ConfigError, before any work, when `uri` or a folder above it is a file:
+    an output or storage folder (created when missing) cannot be made there."""
+    filesystem, path = resolve_filesystem(uri)
+    while path and path not in ("/", "."):
+        kind = filesystem.get_file_info(path).type
+        if kind == pafs.FileType.File:
+            raise ConfigError(f"{field_name} {uri!r} cannot be a folder: {path} is a file")
+        if kind == pafs.FileType.Directory:
+            return
+        path = path.rstrip("/").rpartition("/")[0]
+
+
 def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}{SHARD_SUFFIX}"
 
@@ -99,107 +112,6 @@ def shard_name(split: str, index: int, count: int) -> str:
 def shard_path(split: str, index: int, count: int) -> str:
     """A shard's path relative to the output root, as the manifest records it."""
     return f"{split}/{shard_name(split, index, count)}"
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    split: str
-    path: str  # relative to the output root
-    rows: int
-    sha256: str  # of the whole file
-    bytes: int
-
-
-@dataclass(frozen=True)
-class ClassEntry:
-    index: int
-    wnid: str
-    name: str  # "" when the source names no classes
-
-
-@dataclass(frozen=True)
-class Rejection:
-    split: str
-    key: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ColourStatistics:
-    """Pixel statistics of the training images, in 0-255 RGB units.
-
-    `eigenvectors[i]` is the unit eigenvector of the RGB covariance that belongs
-    to `eigenvalues[i]`; eigenvalues are in decreasing order. The paper's colour
-    shift (from AlexNet) adds `sum_i alpha_i * eigenvalues[i] * eigenvectors[i]`.
-    """
-
-    images: int  # images sampled
-    pixels: int  # pixels those images hold
-    sample: str  # how the images were chosen
-    mean_rgb: list[float]
-    std_rgb: list[float]
-    eigenvalues: list[float]
-    eigenvectors: list[list[float]]
-
-
-@dataclass
-class SplitInfo:
-    rows: int
-    shards: list[ShardInfo]
-
-
-@dataclass
-class Manifest:
-    """The single description of a prepared dataset (`manifest.json`)."""
-
-    source: dict[str, Any]  # uri, layout, where validation labels came from
-    params: dict[str, Any]  # the preprocessing parameters that shaped the shards
-    splits: dict[str, SplitInfo]
-    classes: list[ClassEntry]
-    rejected: list[Rejection]
-    statistics: ColourStatistics | None
-    software: dict[str, str] = field(default_factory=dict)
-    format: str = FORMAT
-    format_version: int = FORMAT_VERSION
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1) + "\n"
-
-    def require_scale(self, scale: int, field_name: str, data: str) -> None:
-        """Refuse a training or test scale above the short side the shards keep:
-        the images would be upsampled from what preprocessing shrank them to,
-        silently training or testing on blurred pixels. (An image that was
-        smaller than that in the original is fine: the paper upsamples those.)"""
-        stored = self.params.get("max_short_side")
-        if stored is not None and scale > stored:
-            raise ConfigError(
-                f"{field_name} {scale} is above the {stored}-pixel short side that {data} "
-                f"stores (its max_short_side); preprocess again with max_short_side >= {scale}"
-            )
-
-    @classmethod
-    def from_json(cls, text: str) -> Manifest:
-        raw = json.loads(text)
-        if raw.get("format") != FORMAT or raw.get("format_version") not in READABLE_VERSIONS:
-            raise ValueError(
-                f"not a {FORMAT} manifest of version {' or '.join(map(str, READABLE_VERSIONS))} "
-                f"(format {raw.get('format')!r}, version {raw.get('format_version')!r})"
-            )
-        statistics = raw.get("statistics")
-        return cls(
-            source=raw["source"],
-            params=raw["params"],
-            splits={
-                split: SplitInfo(
-                    rows=info["rows"], shards=[ShardInfo(**shard) for shard in info["shards"]]
-                )
-                for split, info in raw["splits"].items()
-            },
-            classes=[ClassEntry(**entry) for entry in raw["classes"]],
-            rejected=[Rejection(**entry) for entry in raw["rejected"]],
-            statistics=ColourStatistics(**statistics) if statistics else None,
-            software=raw.get("software", {}),
-        )
 
 
 @dataclass(frozen=True)
@@ -348,7 +260,19 @@ class ShardStore:
             raise FileNotFoundError(
                 f"{self.uri} holds no {MANIFEST_NAME}: not a finished preprocess output"
             )
-        return Manifest.from_json(self.read_file(MANIFEST_NAME).to_pybytes().decode())
+        try:
+            manifest = Manifest.from_json(self.read_file(MANIFEST_NAME).to_pybytes().decode())
+        except (ValueError, KeyError, TypeError) as exc:  # garbage, or fields missing
+            raise ConfigError(
+                f"{self.uri}/{MANIFEST_NAME} is not a valid manifest: {exc!r}"
+            ) from exc
+        for shard in (s for info in manifest.splits.values() for s in info.shards):
+            # A path from the file is read: it must stay a shard inside this folder.
+            if not re.fullmatch(rf"({'|'.join(SPLITS)})/[\w.-]+\{SHARD_SUFFIX}", shard.path):
+                raise ConfigError(
+                    f"{self.uri}/{MANIFEST_NAME} names a shard outside it: {shard.path!r}"
+                )
+        return manifest
 
     def has_manifest(self) -> bool:
         return self.exists(MANIFEST_NAME)

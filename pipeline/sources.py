@@ -23,6 +23,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from pipeline.errors import UserError
 from pipeline.shards import canonical_uri, resolve_filesystem
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
@@ -112,7 +113,14 @@ class SourceReader:
                 if path != open_path:
                     if stream is not None:
                         stream.close()
-                    stream = self.fs.open_input_file(f"{self.root}/{path}")
+                    try:
+                        stream = self.fs.open_input_file(f"{self.root}/{path}")
+                    except FileNotFoundError as exc:
+                        raise SourceError(
+                            f"source file {self.root}/{path} is gone since the output's plan "
+                            "(plan.arrow) listed it: restore it, or delete plan.arrow in the "
+                            "output folder to list the source again"
+                        ) from exc
                     open_path = path
                 yield stream.read_at(size, offset) if size else b""
         finally:
@@ -120,7 +128,7 @@ class SourceReader:
                 stream.close()
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """The source folder is not one of the ILSVRC-2012 layouts, or is inconsistent."""
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pipeline.shards import ColourStatistics
+from pipeline.manifest import ColourStatistics
 
 
 @dataclass

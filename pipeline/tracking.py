@@ -161,6 +161,9 @@ class Run:
         entries = [mlflow.entities.Metric(k, float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=entries)
 
+    def has_metrics_at(self, key: str, step: int) -> bool:
+        return any(m.step == step for m in self.client.get_metric_history(self.run_id, key))
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         mlflow_client = self.client
         for key, value in tags.items():
@@ -213,12 +216,16 @@ class Run:
                     step=step,
                 )
 
-    def download_artifacts(self, path: str) -> str:
+    def download_artifacts(self, path: str, destination: str) -> str:
+        """The run's artifact (file or folder) `path`, copied under `destination`."""
         client(self.uri)
-        destination = tempfile.mkdtemp(prefix="vggpipe-artifacts-")
         return mlflow.artifacts.download_artifacts(
             run_id=self.run_id, artifact_path=path, dst_path=destination
         )
+
+    def read_artifact_text(self, path: str) -> str:
+        with tempfile.TemporaryDirectory(prefix="vggpipe-artifact-") as destination:
+            return Path(self.download_artifacts(path, destination)).read_text()
 
 
 def start_run(

@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.config import ConfigError, Serialised, TrackingSection, as_tuple, option, require
+from pipeline.config import (
+    ConfigError,
+    Serialised,
+    TrackingSection,
+    as_tuple,
+    option,
+    require,
+    require_name,
+)
 from vgg.configs import SCORE_POOLING
 
 EVALUATION_PROTOCOLS = ("centre", "dense", "multi-crop", "dense+multi-crop")
@@ -134,6 +142,7 @@ class EvaluateConfig(TrackingSection, EvaluationHardwareSection, ProtocolSection
     output: str | None = option(None, fingerprint=False)
 
     def __post_init__(self) -> None:
+        require_name("run_name", self.run_name)
         as_tuple(self, "models")
         require(
             len(self.models) >= 1 and all(self.models), "models", "one or more models", self.models

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import cluster
 from pipeline.config import settings_digest
 from pipeline.errors import ConfigError
 from pipeline.evaluation.nets import EvaluatedModel, distinct_labels, load_model, with_mean_rgb
@@ -36,7 +37,8 @@ from pipeline.evaluation.results import (
     write_tables,
 )
 from pipeline.evaluation.worker import ProgressCounter, ShareJob, ShareResult, evaluate_share
-from pipeline.shards import Manifest, ShardStore, canonical_uri
+from pipeline.manifest import Manifest
+from pipeline.shards import ShardStore, canonical_uri, require_folder
 
 if TYPE_CHECKING:
     from pipeline.evaluation.config import EvaluateConfig
@@ -148,6 +150,8 @@ def run_evaluation(
     from pipeline import tracking
 
     started = time.perf_counter()
+    if config.output:
+        require_folder(config.output, "output")
     uri = tracking.tracking_uri(config.tracking_uri)
     loaded = [load_model(reference, uri) for reference in config.models]
     data = config.data or next((m.data for m, _ in loaded if m.data), "")
@@ -161,8 +165,7 @@ def run_evaluation(
     passes = len(needed_views(rows))
     images = min(split_rows, config.limit or split_rows)
 
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False)
+    cluster.connect(address)
     resources = ray.cluster_resources()
     use_gpu = config.use_gpu if config.use_gpu is not None else resources.get("GPU", 0) > 0
     workers = config.workers or (max(1, int(resources.get("GPU", 0))) if use_gpu else 1)

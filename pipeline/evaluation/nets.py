@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.config import train_scale_label
+from pipeline.config import ConfigError, train_scale_label
 
 if TYPE_CHECKING:
     import torch
@@ -139,7 +140,17 @@ def _from_torchvision_file(reference: str) -> LoadedModel:
     from vgg.interop import TORCHVISION_CONFIGS, load_torchvision_state_dict
     from vgg.transforms import PixelStatistics
 
-    state_dict = torch.load(reference, map_location="cpu", weights_only=True)
+    try:
+        with warnings.catch_warnings():
+            # A file of another pickle protocol draws a warning before it is refused.
+            warnings.simplefilter("ignore", UserWarning)
+            state_dict = torch.load(reference, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ...
+        # Its message advises weights_only=False, which would run the file's code.
+        raise ConfigError(
+            f"{reference} is not a state dict that loads without running code "
+            f"(torch.load with weights_only=True: {type(exc).__name__})"
+        ) from exc
     if not isinstance(state_dict, dict):
         raise ValueError(f"{reference} holds a {type(state_dict).__name__}, not a state dict")
     architecture = architecture_of(state_dict)

@@ -23,6 +23,13 @@ class ImageRejected(Exception):
     """The bytes are not an image we can decode; the message is the reason."""
 
 
+# Pillow's own decompression-bomb threshold (about 89 million pixels; the
+# largest ILSVRC-2012 photos hold under 20 million). Above it, one image would
+# take gigabytes in a shard task, or (a tiny file claiming a huge size) decode
+# to garbage: rejected from the header, before any pixel is decoded.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
 def shrunk_size(width: int, height: int, max_short_side: int) -> tuple[int, int] | None:
     """(width, height) with the shorter side at `max_short_side`, or None when the
     image is already small enough (images are never enlarged)."""
@@ -41,8 +48,15 @@ def process_image(data: bytes, max_short_side: int, jpeg_quality: int) -> Proces
     if not data:
         raise ImageRejected("empty file (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+        with image:
             width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageRejected(
+                    f"{width}x{height} pixels, above the {MAX_PIXELS:,}-pixel limit"
+                )
             target = shrunk_size(width, height, max_short_side)
             is_jpeg = image.format == "JPEG"
             if target is None and is_jpeg and image.mode == "RGB":
@@ -63,6 +77,10 @@ def process_image(data: bytes, max_short_side: int, jpeg_quality: int) -> Proces
             buffer = io.BytesIO()
             pixels.save(buffer, "JPEG", quality=jpeg_quality)
             return ProcessedImage(buffer.getvalue(), pixels.width, pixels.height)
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageRejected(f"a decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:
         raise ImageRejected("not an image Pillow can identify") from exc
     except Exception as exc:  # Pillow's plugins raise many types on malformed files

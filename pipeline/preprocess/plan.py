@@ -22,18 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.manifest import Manifest, Rejection, ShardInfo
 from pipeline.preprocess.config import PreprocessConfig
-from pipeline.shards import (
-    SPLITS,
-    Manifest,
-    Plan,
-    Rejection,
-    ShardInfo,
-    ShardStore,
-    canonical_uri,
-    resolve_filesystem,
-    shard_path,
-)
+from pipeline.shards import SPLITS, Plan, ShardStore, canonical_uri, resolve_filesystem, shard_path
 from pipeline.sources import Source, SourceError, SourceReader, list_unit
 
 

@@ -16,6 +16,16 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pipeline import cluster
+from pipeline.lease import RunLease
+from pipeline.manifest import (
+    ClassEntry,
+    ColourStatistics,
+    Manifest,
+    Rejection,
+    ShardInfo,
+    SplitInfo,
+)
 from pipeline.preprocess.config import PreprocessConfig
 from pipeline.preprocess.plan import (
     finished_manifest,
@@ -27,17 +37,7 @@ from pipeline.preprocess.plan import (
     unfinished_plan,
 )
 from pipeline.preprocess.shard import ShardResult, ensure_shard
-from pipeline.shards import (
-    SPLITS,
-    ClassEntry,
-    ColourStatistics,
-    Manifest,
-    Plan,
-    Rejection,
-    ShardInfo,
-    ShardStore,
-    SplitInfo,
-)
+from pipeline.shards import SPLITS, Plan, ShardStore, require_folder
 from pipeline.sources import SourceReader, open_source
 from pipeline.stats import PixelMoments, colour_statistics, image_moments
 
@@ -137,6 +137,7 @@ def run_preprocess(
 ) -> PreprocessSummary:
     """`preprocess` with its options already built into a `PreprocessConfig`."""
     started = time.perf_counter()
+    require_folder(output, "output")
     store = ShardStore(output)
     wanted = output_params(source_uri, config)
     manifest = finished_manifest(store, wanted)
@@ -147,9 +148,15 @@ def run_preprocess(
     source = open_source(source_uri) if plan is None else None
     import ray
 
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address=address)
+    # One live preprocess per output: another's temporary files are never
+    # taken for a killed run's below.
+    lease = RunLease(output, f"preprocess output {output!r}")
+    lease.acquire()
+    try:
+        started_ray = cluster.connect(address, log_to_driver=True)
+    except BaseException:
+        lease.release()
+        raise
     try:
         # What a killed run left half-written goes first; its finished shards stay.
         store.remove_temporary_files()
@@ -175,6 +182,7 @@ def run_preprocess(
     finally:
         if started_ray:
             ray.shutdown()
+        lease.release()
     written = [result for result in results if result.written]
     return replace(
         _summary_of(manifest, output, time.perf_counter() - started),

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from pipeline.manifest import Rejection, ShardInfo
 from pipeline.preprocess.config import PreprocessConfig
 from pipeline.preprocess.image import ImageRejected, ProcessedImage, process_image
 from pipeline.preprocess.plan import finished_shard
-from pipeline.shards import Rejection, ShardInfo, ShardStore
+from pipeline.shards import ShardStore
 from pipeline.sources import SourceReader
 
 # Shard tasks report progress every this many images: often enough for a smooth

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.config import ConfigError, Serialised, TrackingSection, option, require
+from pipeline.config import ConfigError, Serialised, TrackingSection, option, require, require_name
 from vgg.configs import CONFIGS, INIT_SCHEMES, resolve_config
 
 DECODE_PLACES = ("cpu", "device")
@@ -202,6 +202,7 @@ class TrainConfig(
     max_failures: int = option(2, fingerprint=False)
 
     def __post_init__(self) -> None:
+        require_name("run_name", self.run_name)
         self._check_model()
         self._check_augmentation()
         self._check_optimiser()

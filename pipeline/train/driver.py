@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from pyarrow.fs import FileType
 
-from pipeline import checkpoints, tracking
+from pipeline import checkpoints, cluster, tracking
 from pipeline.config import ConfigError
 from pipeline.lease import RunLease
-from pipeline.shards import ShardStore, canonical_uri, resolve_filesystem
+from pipeline.shards import ShardStore, canonical_uri, require_folder, resolve_filesystem
 from pipeline.train.config import BEST_MODEL, FINAL_MODEL, VAL_METRIC, TrainConfig
 from pipeline.train.loop import train_loop_per_worker
 
@@ -45,6 +45,7 @@ def check_inputs(config: TrainConfig) -> tuple[ShardStore, int]:
     """Everything that can fail before any Ray work: the data and the starting points."""
     if not config.data:
         raise ConfigError("data must name a prepared dataset (the preprocess output); got ''")
+    require_folder(config.storage_path, "storage_path")
     store = ShardStore(config.data)
     manifest = store.manifest()  # FileNotFoundError names the folder
     for split in ("train", "val"):
@@ -125,7 +126,8 @@ def train(
     that forwards each report to Tune)."""
     checked = _check(config)
     # One live command per run name: a second one is refused here.
-    with RunLease(checked.config.storage_path, checked.config.name):
+    name = checked.config.name
+    with RunLease(f"{checked.config.storage_path}/{name}", f"run {name!r}"):
         return _train_checked(checked, address, callbacks)
 
 
@@ -139,8 +141,7 @@ def _train_checked(checked: _Checked, address: str | None, callbacks: list | Non
     if recorded is None:
         # Before the run is opened: a worker group the cluster cannot hold
         # would otherwise wait for ever with its MLflow run RUNNING.
-        if not ray.is_initialized():
-            ray.init(address=address, log_to_driver=False)
+        cluster.connect(address)
         shortfall = worker_shortfall(config, ray.nodes())
         if shortfall and not config.wait_for_resources:
             raise ConfigError(

@@ -237,6 +237,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         optimiser.load_state_dict(state["optimizer"])
         schedule = PlateauSchedule(**state["schedule"])
         start_epoch = state["epoch"] + 1
+        # Metrics are logged after their checkpoint is reported: a worker that
+        # died in between left them unlogged, and they are in the checkpoint.
+        if rank == 0 and "metrics" in state and not run.has_metrics_at("epoch", state["epoch"]):
+            run.log_metrics(state["metrics"], step=state["epoch"])
 
     # Epochs.
     for epoch in range(start_epoch, config.epochs):
@@ -316,11 +320,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                         "schedule": schedule.__dict__.copy(),
                         "epoch": epoch,
                         "seed": config.seed,
+                        "metrics": metrics,
                     },
                 )
                 report_checkpoint = ray.train.Checkpoint.from_directory(folder)
-                run.log_metrics(metrics, step=epoch)
             ray.train.report(metrics, checkpoint=report_checkpoint)
+        # After the report: a kill before it reruns the epoch, whose metrics must
+        # then be logged once, by the rerun.
+        if rank == 0:
+            run.log_metrics(metrics, step=epoch)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -21,6 +21,7 @@ from pipeline.config import (
     parse_train_scale,
     parse_value,
     require,
+    require_name,
     split_values,
 )
 from pipeline.train.config import TrainConfig
@@ -96,6 +97,7 @@ class TuneConfig(Serialised):
     )  # the registry alias set on the best trial's model version
 
     def __post_init__(self) -> None:
+        require_name("name", self.name)
         # JSON and Python callers give lists; the frozen config keeps tuples.
         object.__setattr__(self, "lrs", tuple(float(lr) for lr in self.lrs))
         if self.lr_range is not None:

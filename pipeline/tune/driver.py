@@ -35,7 +35,7 @@ import ray
 from ray import tune as ray_tune
 from ray.tune.search import BasicVariantGenerator
 
-from pipeline import tracking
+from pipeline import cluster, tracking
 from pipeline.config import ConfigError, parse_train_scale, train_scale_label
 from pipeline.tune.asha import EPOCHS_DONE, EpochsToTune, sweep_scheduler
 from pipeline.tune.results import VAL_METRIC, TuneResult, finish_sweep, train_run_name
@@ -267,8 +267,7 @@ def tune(config: TuneConfig, *, address: str | None = None) -> TuneResult:
     try:
         parent.log_text(config.to_json(), "sweep_config.json")
 
-        if not ray.is_initialized():
-            ray.init(address=address, log_to_driver=False)
+        cluster.connect(address)
         max_concurrent = config.max_concurrent_trials or concurrent_trials(
             ray.cluster_resources(), trial_resources(config)
         )

@@ -15,6 +15,7 @@ from pipeline.config import (
     option,
     parse_train_scale,
     require,
+    require_name,
 )
 from pipeline.evaluation.config import SCALE_SETS, EvaluateConfig, check_protocols, parse_scale_set
 from pipeline.train.config import TrainConfig
@@ -80,6 +81,7 @@ class WorkflowConfig(Serialised):
     eval_overrides: tuple[str, ...] = option((), fingerprint=True)
 
     def __post_init__(self) -> None:
+        require_name("run_name", self.run_name)
         as_tuple(
             self,
             "from_a",

@@ -34,7 +34,7 @@ from pipeline import tracking
 from pipeline.config import ConfigError, settings_digest
 from pipeline.preprocess.config import PreprocessConfig
 from pipeline.recipes import workflow_recipe
-from pipeline.shards import ShardStore, canonical_uri
+from pipeline.shards import ShardStore, canonical_uri, require_folder
 from pipeline.workflow.config import WorkflowConfig
 from pipeline.workflow.graph import evaluate_settings, nets, train_config
 from pipeline.workflow.scheduler import Scheduler, StageOutcome, clock
@@ -158,6 +158,7 @@ def run(
     if isinstance(config, str):
         config = workflow_recipe(config, overrides)
     started = time.perf_counter()
+    require_folder(config.work_dir, "work_dir")
     stages = plan(config)
     uri = tracking.tracking_uri(config.tracking_uri)
     name = workflow_name(config)

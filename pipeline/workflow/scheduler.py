@@ -13,7 +13,6 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pipeline import tracking
@@ -160,8 +159,8 @@ class Scheduler:
         if finished is None:
             return False
         run_id = finished.info.run_id
-        outputs = tracking.Run(run_id, uri).download_artifacts(OUTPUTS_FILE)
-        self.outputs[stage.key] = json.loads(Path(outputs).read_text())
+        outputs = tracking.Run(run_id, uri).read_artifact_text(OUTPUTS_FILE)
+        self.outputs[stage.key] = json.loads(outputs)
         self.outcomes[stage.key] = StageOutcome(stage.key, "reused", run_id)
         self.echo(f"  reused   {stage.key} (finished run {run_id})")
         return True
@@ -172,8 +171,9 @@ class Scheduler:
         if not self.total:
             import ray
 
-            if not ray.is_initialized():
-                ray.init(address=self.address, log_to_driver=False)
+            from pipeline import cluster
+
+            cluster.connect(self.address)
             self.total.update(ray.cluster_resources())
             self.remote_stage = ray.remote(num_cpus=0, max_retries=0)(run_stage)
         return self.total

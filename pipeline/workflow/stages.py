@@ -232,22 +232,23 @@ class _EvaluationStage(Stage):
     def run(self, mlflow_run: Run, inputs: Inputs, context: StageContext) -> dict[str, Any]:
         from pipeline.evaluation import run_evaluation
 
-        if context.local_work_dir is None:
-            output = tempfile.mkdtemp(prefix="vggpipe-evaluation-")  # the tables go to MLflow too
-        else:
-            output = str(context.local_work_dir / "evaluations" / self.run_name)
         models = tuple(inputs[f"train/{key}"]["run_id"] for key in self.members)
         config = dataclasses.replace(
             self.settings,
             models=models,
             data=inputs["preprocess"]["data"],
-            output=output,
             run_name=self.run_name,
             experiment=context.experiment,
             tracking_uri=context.tracking_uri,
             parent_run_id=context.parent.run_id,
         )
-        result = run_evaluation(config, progress=False)
+        if context.local_work_dir is None:
+            # A work dir in object storage: the tables go to MLflow, which keeps them.
+            with tempfile.TemporaryDirectory(prefix="vggpipe-evaluation-") as output:
+                result = run_evaluation(dataclasses.replace(config, output=output), progress=False)
+        else:
+            output = str(context.local_work_dir / "evaluations" / self.run_name)
+            result = run_evaluation(dataclasses.replace(config, output=output), progress=False)
         net_of_run = dict(zip(models, self.members, strict=True))
         rows = []
         for row in result.rows:

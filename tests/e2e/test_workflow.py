@@ -172,7 +172,7 @@ def test_stages_nest_under_one_parent_run_on_the_tracking_server(smoke, killed_t
     children = tracking.child_runs(parent.info.run_id, uri)
     assert {run.data.tags[STAGE_KEY_TAG] for run in children} == set(_stage_runs(uri))
     assert parent.data.metrics["stages_failed"] == 0
-    tables = Path(tracking.Run(parent.info.run_id, uri).download_artifacts("tables.md")).read_text()
+    tables = tracking.Run(parent.info.run_id, uri).read_artifact_text("tables.md")
     for net in ("A-36", "B-36", "A-44", "A-36 + B-36"):
         assert f"| {net} " in tables
     # The server stored the artifacts (models included), not this process.

@@ -99,7 +99,7 @@ def test_a_live_commands_run_is_refused_and_a_dead_ones_is_taken_over(
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pipeline.lease import RunLease; "
          "RunLease(sys.argv[1], 'dup').acquire(); print('held', flush=True); time.sleep(300)",
-         str(storage)],
+         str(storage / "dup")],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -115,8 +115,8 @@ def test_a_live_commands_run_is_refused_and_a_dead_ones_is_taken_over(
     # The holder died without releasing: its lease is taken over, then released.
     assert (storage / "dup" / LEASE_FILE).exists()
     # While it is held, even a second take by the same process is refused.
-    with RunLease(str(storage), "dup"), pytest.raises(LeaseHeld):
-        RunLease(str(storage), "dup").acquire()
+    with RunLease(str(storage / "dup"), "dup"), pytest.raises(LeaseHeld):
+        RunLease(str(storage / "dup"), "dup").acquire()
     assert not (storage / "dup" / LEASE_FILE).exists()
 
 

@@ -233,7 +233,7 @@ def test_table_and_plot_are_artifacts_of_the_parent_run(killed_sweep, tmp_path):
     }
     assert names == {"sweep/trials.md", "sweep/trials.csv", "sweep/error_vs_lr.png"}
     parent = tracking.Run(result.parent_run_id, sweep.uri)
-    folder = Path(parent.download_artifacts("sweep"))
+    folder = Path(parent.download_artifacts("sweep", str(tmp_path)))
     rows = list(csv.DictReader(io.StringIO((folder / "trials.csv").read_text())))
     assert {row["run_id"] for row in rows} == {t.run_id for t in result.trials}
     assert {row["stopped_early"] for row in rows} == {"True", "False"}

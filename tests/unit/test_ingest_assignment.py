@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pipeline.ingest import Piece, epoch_assignment, record_batch_pieces
-from pipeline.shards import SHARD_BATCH_ROWS, ShardInfo
+from pipeline.manifest import ShardInfo
+from pipeline.shards import SHARD_BATCH_ROWS
 
 
 def _shards(*rows: int) -> list[ShardInfo]:

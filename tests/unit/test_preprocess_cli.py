@@ -79,7 +79,8 @@ def test_help_lists_the_new_subcommands(capsys):
 
 def test_reruns_refuse_other_parameters_on_a_finished_output(tmp_path, capsys):
     # A finished output made elsewhere; the refusal needs neither the source nor Ray.
-    from pipeline.shards import Manifest, ShardStore
+    from pipeline.manifest import Manifest
+    from pipeline.shards import ShardStore
 
     store = ShardStore(str(tmp_path / "out"))
     source = make_demo_data(tmp_path / "src", per_class=2).root

@@ -134,6 +134,28 @@ def test_undecodable_bytes_are_rejected_with_a_reason(data, reason):
         process_image(data, 128, 90)
 
 
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """A real 64x48 JPEG whose frame header (SOF0) claims width x height:
+    a few hundred bytes that would decode to a huge picture."""
+    data = bytearray(_encode(_photo(64, 48), quality=50))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(_jpeg_claiming(12000, 12000), id="small-jpeg-claiming-12000x12000"),
+        pytest.param(_encode(Image.new("1", (11000, 11000)), "PNG"), id="png-11000x11000"),
+    ],
+)
+def test_images_above_the_pixel_limit_are_rejected_before_decoding(data):
+    assert len(data) < 100_000  # what a source can hand over cheaply
+    with pytest.raises(ImageRejected, match="pixel|bomb"):
+        process_image(data, 512, 90)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [

@@ -8,17 +8,8 @@ import os
 import pyarrow as pa
 import pytest
 
-from pipeline.shards import (
-    ClassEntry,
-    ColourStatistics,
-    Manifest,
-    Rejection,
-    ShardStore,
-    SplitInfo,
-    canonical_uri,
-    resolve_filesystem,
-    shard_path,
-)
+from pipeline.manifest import ClassEntry, ColourStatistics, Manifest, Rejection, SplitInfo
+from pipeline.shards import ShardStore, canonical_uri, resolve_filesystem, shard_path
 
 
 def _rows(n: int, start: int = 0) -> pa.Table:
