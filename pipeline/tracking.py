@@ -157,12 +157,24 @@ class Run:
             self.client.log_batch(self.run_id, params=entries[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if not metrics:
+            return
         now = int(time.time() * 1000)
         entries = [mlflow.entities.Metric(k, float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=entries)
 
-    def has_metrics_at(self, key: str, step: int) -> bool:
-        return any(m.step == step for m in self.client.get_metric_history(self.run_id, key))
+    def _steps(self, key: str) -> set[int]:
+        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+
+    def log_metrics_once(self, metrics: Mapping[str, float], step: int) -> None:
+        """Log the metrics that have no value at `step` yet: work done again
+        after a crash (an epoch, an evaluation) records each value once."""
+        self.log_metrics({k: v for k, v in metrics.items() if step not in self._steps(k)}, step)
+
+    def next_step(self, key: str) -> int:
+        """One past the last step `key` was logged at (0 when never): summaries
+        of a resumed run (the workflow's stage counts) get a step per attempt."""
+        return max(self._steps(key), default=-1) + 1
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         mlflow_client = self.client

@@ -84,3 +84,12 @@ def demo_shards(tmp_path_factory, ray_local) -> str:
     output = str(root / "shards")
     preprocess(str(root / "source"), output, max_short_side=128, shard_rows=500, progress=False)
     return output
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--chaos-rounds", type=int, default=1,
+        help="rounds of tests/chaos (kill a command at a random point, run it again); "
+        "make test runs 1",
+    )  # fmt: skip
+    parser.addoption("--chaos-seed", default="0", help="seed of the chaos rounds' draws")

@@ -258,7 +258,7 @@ def _log_rows(
             prefix = prefix.replace("eval/", f"eval/{_metric_name(row.model)}/", 1)
         metrics[f"{prefix}/top1_error"] = row.top1_error / 100
         metrics[f"{prefix}/top5_error"] = row.top5_error / 100
-    run.log_metrics(metrics, step=0)
+    run.log_metrics_once(metrics, step=0)  # an evaluation run again logs nothing twice
     with tempfile.TemporaryDirectory(prefix="vggpipe-evaluation-") as folder:
         files = write_tables(Path(folder), result, config, rows)
         for path in files.values():

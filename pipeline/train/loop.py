@@ -239,8 +239,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         start_epoch = state["epoch"] + 1
         # Metrics are logged after their checkpoint is reported: a worker that
         # died in between left them unlogged, and they are in the checkpoint.
-        if rank == 0 and "metrics" in state and not run.has_metrics_at("epoch", state["epoch"]):
-            run.log_metrics(state["metrics"], step=state["epoch"])
+        if rank == 0 and "metrics" in state:
+            run.log_metrics_once(state["metrics"], step=state["epoch"])
 
     # Epochs.
     for epoch in range(start_epoch, config.epochs):
@@ -328,7 +328,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # After the report: a kill before it reruns the epoch, whose metrics must
         # then be logged once, by the rerun.
         if rank == 0:
-            run.log_metrics(metrics, step=epoch)
+            run.log_metrics_once(metrics, step=epoch)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

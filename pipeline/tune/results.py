@@ -151,7 +151,7 @@ def finish_sweep(
             "trials_failed": sum(t.outcome == FAILED for t in trials),
         }
         | ({"best_" + VAL_METRIC: best.val_top1_error} if best else {}),
-        step=0,
+        step=parent.next_step("trials"),  # one step per time the sweep is finished
     )
     if best is not None:
         parent.set_tags(

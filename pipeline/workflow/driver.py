@@ -198,7 +198,7 @@ def run(
             "stages_failed": len(result.failed),
             "seconds": result.seconds,
         },
-        step=0,
+        step=parent.next_step("stages_run"),  # one step per time the workflow is run
     )
     parent.end("FAILED" if result.failed else "FINISHED")
     return result

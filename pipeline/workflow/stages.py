@@ -129,7 +129,7 @@ class PreprocessStage(Stage):
         summary = run_preprocess(self.data, output, self.config, progress=False)
         store = ShardStore(output)
         manifest = store.manifest()
-        mlflow_run.log_metrics(
+        mlflow_run.log_metrics_once(
             {
                 **{f"{split}_images": info.rows for split, info in manifest.splits.items()},
                 "rejected_images": len(manifest.rejected),
