@@ -36,3 +36,12 @@ def vggpipe(
         env=dict(env) if env is not None else user_env(),
         cwd=cwd,
     )
+
+
+def one_error_line(stderr: str, command: str) -> str:
+    """The one `vggpipe COMMAND: error: ...` line of a refused command's stderr,
+    asserting there is exactly one and no traceback (Ray's and MLflow's own
+    log lines may stand beside it)."""
+    errors = [line for line in stderr.splitlines() if f"vggpipe {command}: error:" in line]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    return errors[0]

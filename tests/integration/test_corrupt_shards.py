@@ -17,6 +17,7 @@ from pipeline.cli import main
 from pipeline.errors import CorruptShardError
 from pipeline.recipes import recipe
 from pipeline.shards import ShardStore
+from tests.commands import one_error_line
 
 pytestmark = pytest.mark.ray
 
@@ -38,10 +39,9 @@ def _damaged_copy(demo_shards: str, root: Path, split: str) -> tuple[str, str]:
 
 
 def _one_line_naming(code: int, stderr: str, shard: str, command: str) -> None:
-    errors = [line for line in stderr.splitlines() if f"vggpipe {command}: error:" in line]
     assert code == 2, stderr[-3000:]
-    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-3000:]
-    assert shard in errors[0] and "vggpipe verify" in errors[0]
+    line = one_error_line(stderr, command)
+    assert shard in line and "vggpipe verify" in line
 
 
 def test_a_reader_names_the_shard_of_a_damaged_row_or_file(demo_shards, tmp_path):

@@ -18,7 +18,7 @@ from pipeline import tracking
 from pipeline.config import ConfigError
 from pipeline.lease import LEASE_FILE, STALE_SECONDS, LeaseHeld, RunLease, holder_alive
 from pipeline.recipes import recipe, workflow_recipe
-from tests.commands import VGGPIPE, user_env, vggpipe
+from tests.commands import VGGPIPE, one_error_line, user_env, vggpipe
 
 NAME = "base"
 
@@ -82,12 +82,6 @@ def _train_args(data: str, name: str, storage, uri: str, *sets: str) -> list[str
     return args
 
 
-def _one_error_line(stderr: str) -> str:
-    errors = [line for line in stderr.splitlines() if "vggpipe train: error:" in line]
-    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-2000:]
-    return errors[0]
-
-
 def test_a_live_commands_run_is_refused_and_a_dead_ones_is_taken_over(
     new_store, demo_shards, tmp_path
 ):
@@ -106,7 +100,7 @@ def test_a_live_commands_run_is_refused_and_a_dead_ones_is_taken_over(
         assert holder.stdout.readline().strip() == "held"
         second = vggpipe(*_train_args(demo_shards, "dup", storage, uri))
         assert second.returncode == 2
-        line = _one_error_line(second.stderr)
+        line = one_error_line(second.stderr, "train")
         assert "in use by another live command" in line and f"pid {holder.pid}" in line
         assert tracking.find_run("dup", "vggpipe", uri) is None  # nothing written
     finally:
@@ -136,7 +130,7 @@ def test_workers_the_cluster_cannot_hold_are_refused_before_a_run_opens(
         "--address", address, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2
-    line = _one_error_line(result.stderr)
+    line = one_error_line(result.stderr, "train")
     assert "num_workers=8" in line and "room for 4 worker(s)" in line
     assert tracking.find_run("wide", "vggpipe", uri) is None
 
