@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from pipeline.errors import ConfigError, NotFoundError
 from pipeline.train.config import TrainConfig
 from vgg import VGG, build_vgg
 from vgg.weights import WEIGHTS_FILE as MODEL_FILE
@@ -87,7 +88,7 @@ def load(path: str) -> LoadedCheckpoint:
     with _local_copy(path) as folder:
         folder = Path(folder)
         if not (folder / MODEL_FILE).exists():
-            raise FileNotFoundError(f"{path} is not a vggpipe checkpoint (no {MODEL_FILE})")
+            raise NotFoundError(f"{path} is not a vggpipe checkpoint (no {MODEL_FILE})")
         raw = json.loads((folder / CONFIG_FILE).read_text())
         config, num_classes = TrainConfig.from_dict(raw["train"]), int(raw["num_classes"])
         model = build_model(config, num_classes)
@@ -114,6 +115,6 @@ def resolve(reference: str, tracking_uri: str | None = None, which: str = "best"
         tag = tracking.BEST_CHECKPOINT_TAG if which == "best" else tracking.FINAL_CHECKPOINT_TAG
         tags = tracking.get_run(reference, tracking_uri).data.tags
         if tag not in tags:
-            raise ValueError(f"MLflow run {reference} has no {which} checkpoint (tag {tag})")
+            raise ConfigError(f"MLflow run {reference} has no {which} checkpoint (tag {tag})")
         return tags[tag]
-    raise FileNotFoundError(f"{reference!r} is neither a checkpoint path nor an MLflow run id")
+    raise NotFoundError(f"{reference!r} is neither a checkpoint path nor an MLflow run id")

@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from pipeline.errors import ConfigError
 from pipeline.sources import (
     DEVKIT_DIR,
     DEVKIT_TAR,
@@ -93,15 +94,15 @@ def make_demo_data(
     for quick tests (all 1,797 when None).
     """
     if layout not in LAYOUT_CHOICES:
-        raise ValueError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, not {layout!r}")
+        raise ConfigError(f"layout must be one of {', '.join(LAYOUT_CHOICES)}, not {layout!r}")
     if val_labels is None:
         val_labels = "devkit" if layout == "tars" else "loc-csv"
     if val_labels not in VAL_LABEL_CHOICES:
-        raise ValueError(f"val_labels must be one of {', '.join(VAL_LABEL_CHOICES)}")
+        raise ConfigError(f"val_labels must be one of {', '.join(VAL_LABEL_CHOICES)}")
     if per_class is not None and per_class < 2:
-        raise ValueError("per_class must be at least 2, so that train and val both get images")
+        raise ConfigError("per_class must be at least 2, so that train and val both get images")
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be between 0 and 1, not {val_fraction}")
+        raise ConfigError(f"val_fraction must be between 0 and 1, not {val_fraction}")
     root = Path(output)
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} is not empty; demo data goes into a new folder")

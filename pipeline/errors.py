@@ -1,5 +1,9 @@
 """The errors users see as one line (`vggpipe ...: error: <message>`, exit 2).
 
+Only these: any other exception is a bug and keeps its traceback. Code that
+refuses what a user gave (a value, a path, a file) raises one of them, never a
+bare ValueError or FileNotFoundError.
+
 They live here, below every other module, so that the CLI, the Jobs API client
 and the stages raise the same classes without importing each other.
 """
@@ -18,6 +22,13 @@ class ConfigError(UserError, ValueError):
 
     Also a ValueError, so that Python callers that validate their own input the
     usual way catch it."""
+
+
+class NotFoundError(UserError, FileNotFoundError):
+    """A path, dataset, run or model the user named does not exist.
+
+    Also a FileNotFoundError, so that callers that look for a missing file the
+    usual way still catch it."""
 
 
 class CorruptShardError(UserError):

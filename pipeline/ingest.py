@@ -30,6 +30,7 @@ import torch
 from ray.data import Datasource
 from ray.data.collate_fn import NumpyBatchCollateFn
 
+from pipeline.errors import ConfigError
 from pipeline.manifest import ShardInfo
 from pipeline.shards import SHARD_BATCH_ROWS, ShardStore
 from vgg.transforms import (
@@ -308,7 +309,7 @@ def pixel_statistics(dataset_uri: str) -> PixelStatistics:
     """The manifest's training-set statistics in the units `vgg.transforms` uses."""
     statistics = ShardStore(dataset_uri).manifest().statistics
     if statistics is None:
-        raise ValueError(f"{dataset_uri}: the manifest has no pixel statistics")
+        raise ConfigError(f"{dataset_uri}: the manifest has no pixel statistics")
     return PixelStatistics(
         mean_rgb=tuple(statistics.mean_rgb),
         # The manifest keeps 0-255 units; the colour shift's eigenvalues are for

@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from pipeline.errors import ConfigError, CorruptShardError
+from pipeline.errors import ConfigError, CorruptShardError, NotFoundError
 from pipeline.manifest import (  # the manifest's types, with the store that reads them
     Manifest,
     ShardInfo,
@@ -80,7 +80,10 @@ def resolve_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem and path of a local path or a `pyarrow.fs` URI
     (`s3://bucket/prefix`, `gs://...`, `file:///...`, `hdfs://...`)."""
     if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
+        try:
+            return pafs.FileSystem.from_uri(uri)
+        except pa.ArrowInvalid as exc:  # an unknown scheme or a malformed URI
+            raise ConfigError(f"{uri!r} is not a path or a pyarrow.fs URI: {exc}") from exc
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
@@ -257,7 +260,7 @@ class ShardStore:
     def manifest(self) -> Manifest:
         """The finished dataset's manifest; FileNotFoundError when there is none."""
         if not self.exists(MANIFEST_NAME):
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"{self.uri} holds no {MANIFEST_NAME}: not a finished preprocess output"
             )
         try:
@@ -288,7 +291,7 @@ class ShardStore:
         """The shards of a split, in order, as the manifest lists them."""
         splits = self.manifest().splits
         if split not in splits:
-            raise ValueError(f"no split {split!r} in {self.uri}; it has {sorted(splits)}")
+            raise ConfigError(f"no split {split!r} in {self.uri}; it has {sorted(splits)}")
         return list(splits[split].shards)
 
     def iter_rows(self, split: str, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:

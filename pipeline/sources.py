@@ -23,7 +23,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from pipeline.errors import UserError
+from pipeline.errors import NotFoundError, UserError
 from pipeline.shards import canonical_uri, resolve_filesystem
 
 TRAIN_TAR = "ILSVRC2012_img_train.tar"
@@ -138,7 +138,7 @@ def open_source(uri: str) -> Source:
     root = root.rstrip("/")
     top = fs.get_file_info(root)
     if top.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"source {uri} does not exist")
+        raise NotFoundError(f"source {uri} does not exist")
     if top.type != pafs.FileType.Directory:
         raise SourceError(f"source {uri} is not a folder; give the folder that holds the data")
     entries = {info.base_name: info for info in fs.get_file_info(pafs.FileSelector(root))}

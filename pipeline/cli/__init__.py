@@ -50,12 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vggpipe {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        # A user's mistake raised in a Ray task or training worker arrives
-        # wrapped in Ray's errors, its message inside; other errors keep their
-        # traceback.
+        # Only the project's own user errors become one line, also when raised
+        # in a Ray task or training worker and wrapped in Ray's errors; anything
+        # else (a ValueError of a bug included) keeps its traceback.
         message = user_error_within(exc)
-        if message is None and isinstance(exc, ValueError | FileNotFoundError):
-            message = str(exc)
         if message is None:
             raise
         print(f"vggpipe {args.command}: error: {message}", file=sys.stderr)

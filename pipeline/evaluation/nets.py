@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.config import ConfigError, train_scale_label
+from pipeline.errors import NotFoundError
 
 if TYPE_CHECKING:
     import torch
@@ -67,7 +68,7 @@ def _statistics(*datasets: str | None) -> PixelStatistics:
             return pixel_statistics(dataset)
         except (OSError, ValueError) as exc:
             errors.append(f"{dataset}: {exc}")
-    raise ValueError("no pixel statistics for the mean RGB: " + "; ".join(errors))
+    raise ConfigError("no pixel statistics for the mean RGB: " + "; ".join(errors))
 
 
 def with_mean_rgb(model: EvaluatedModel, data: str) -> EvaluatedModel:
@@ -152,14 +153,17 @@ def _from_torchvision_file(reference: str) -> LoadedModel:
             f"(torch.load with weights_only=True: {type(exc).__name__})"
         ) from exc
     if not isinstance(state_dict, dict):
-        raise ValueError(f"{reference} holds a {type(state_dict).__name__}, not a state dict")
-    architecture = architecture_of(state_dict)
-    if architecture.config in TORCHVISION_CONFIGS:
-        # torchvision's own weights go through the interop, which checks them by
-        # name and shape; the net is allocated, not initialised (to_empty).
-        model = unallocated_vgg(architecture).to_empty(device="cpu")
-        model = load_torchvision_state_dict(model, state_dict)
-        state_dict = model.state_dict()
+        raise ConfigError(f"{reference} holds a {type(state_dict).__name__}, not a state dict")
+    try:  # `vgg` says what does not fit in a ValueError: the user's file is at fault
+        architecture = architecture_of(state_dict)
+        if architecture.config in TORCHVISION_CONFIGS:
+            # torchvision's own weights go through the interop, which checks them by
+            # name and shape; the net is allocated, not initialised (to_empty).
+            model = unallocated_vgg(architecture).to_empty(device="cpu")
+            model = load_torchvision_state_dict(model, state_dict)
+            state_dict = model.state_dict()
+    except ValueError as exc:
+        raise ConfigError(f"{reference}: {exc}") from exc
     model = EvaluatedModel(
         label=Path(reference).stem,
         reference=reference,
@@ -209,7 +213,7 @@ def load_model(reference: str, uri: str) -> LoadedModel:
     if checkpoints.RUN_ID.match(reference) and not exists:
         run = tracking.get_run_or_none(reference, uri)
         if run is None:
-            raise FileNotFoundError(f"no MLflow run {reference} in {uri}")
+            raise NotFoundError(f"no MLflow run {reference} in {uri}")
         path = checkpoints.resolve(reference, uri)
         label = run.data.tags.get("mlflow.runName") or reference[:8]
         return _from_checkpoint(reference, path, "run", reference, label, uri)
@@ -220,7 +224,7 @@ def load_model(reference: str, uri: str) -> LoadedModel:
     version = tracking.registered_model_version(reference, uri)
     if version is not None:
         return _from_registry(reference, version, uri)
-    raise FileNotFoundError(
+    raise NotFoundError(
         f"{reference!r} is not a state dict file, an MLflow run id, a checkpoint or a "
         f"registered model in {uri}"
     )

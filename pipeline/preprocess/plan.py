@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.errors import ConfigError
 from pipeline.manifest import Manifest, Rejection, ShardInfo
 from pipeline.preprocess.config import PreprocessConfig
 from pipeline.shards import SPLITS, Plan, ShardStore, canonical_uri, resolve_filesystem, shard_path
@@ -74,7 +75,7 @@ def _require_same(recorded: dict, wanted: dict, output: str, what: str) -> None:
         if recorded.get(name) != value
     ]
     if differences:
-        raise ValueError(
+        raise ConfigError(
             f"{output} {what} made with other parameters ({'; '.join(differences)}); "
             "use another output folder, or delete this one"
         )

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipeline import cluster
+from pipeline.errors import ConfigError
 from pipeline.lease import RunLease
 from pipeline.manifest import (
     ClassEntry,
@@ -268,7 +269,7 @@ def _raise_too_many_rejected(
     examples = [Rejection(**entry) for entry in plan.info["rejected"]]
     examples += [rejection for result in results for rejection in result.rejected]
     shown = "; ".join(f"{r.split}/{r.key}: {r.reason}" for r in examples[:3])
-    raise ValueError(
+    raise ConfigError(
         f"at least {rejected} of {total} source images were rejected, more than "
         f"max_rejected_fraction {config.max_rejected_fraction} allows (e.g. {shown}); "
         "the shards written so far are kept, so a rerun with a larger bound finishes the job"

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from pipeline import tracking
 from pipeline.config import ConfigError, settings_digest
+from pipeline.errors import NotFoundError
 from pipeline.preprocess.config import PreprocessConfig
 from pipeline.recipes import workflow_recipe
 from pipeline.shards import ShardStore, canonical_uri, require_folder
@@ -71,7 +72,7 @@ def _preprocess_stage(config: WorkflowConfig) -> PreprocessStage:
         manifest_sha256 = ShardStore(data).manifest_sha256()
         return PreprocessStage(data=data, manifest_sha256=manifest_sha256, config=shaping)
     if "://" not in data and not os.path.exists(data):
-        raise FileNotFoundError(f"data {config.data!r} does not exist")
+        raise NotFoundError(f"data {config.data!r} does not exist")
     return PreprocessStage(data=data, manifest_sha256=None, config=shaping)
 
 
