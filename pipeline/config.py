@@ -11,7 +11,9 @@ fingerprints, the evaluation run's name and the sweep's checks all read that
 one mark (`fingerprint_fields`); nobody keeps a second list.
 
 Configs cross the Ray boundary as plain dicts (`to_dict` / `from_dict`) and
-are logged to MLflow flat (`flat_params`) and as JSON (`to_json`).
+are logged to MLflow flat (`flat_params`) and as JSON (`to_json`). A config
+file (`vggpipe STAGE --config FILE`) is that JSON, or the same fields in YAML,
+whole or in part (`read_config_file`, `apply_values`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ import json
 import re
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass
+from pathlib import Path
 from typing import Any, Self
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, NotFoundError
 
 FINGERPRINT = "fingerprint"  # the field metadata key every config field carries
 
@@ -55,14 +59,27 @@ class Serialised:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
 
-    def flat_params(self) -> dict[str, str]:
-        """The config as flat MLflow params: what its run records."""
-        return flat_params(self)
+    def flat_params(self, form: Callable[[Any], str] | None = None) -> dict[str, str]:
+        """The config as flat MLflow params: what its run records. `form` writes
+        each value (default `param_value`)."""
+        return flat_params(self, form)
 
     def fingerprint_params(self) -> tuple[str, ...]:
         """The keys of `flat_params` that change the result: what a rerun under
         the same run name must match (`tracking.start_run` checks them)."""
         return fingerprint_fields(self)
+
+    def changed_params(self, logged: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+        """The fingerprinted params whose value in `logged` (an existing run's
+        params) is not this config's, as {key: (logged, ours)}. A run logged
+        before params became readable wrote Python's str() of each value
+        ("('B',)" for ("B",)); that form still counts as the same setting."""
+        params, earlier = self.flat_params(), self.flat_params(legacy_param_value)
+        return {
+            key: (logged[key], params[key])
+            for key in self.fingerprint_params()
+            if key in params and key in logged and logged[key] not in (params[key], earlier[key])
+        }
 
     def fingerprint_dict(self) -> dict[str, Any]:
         """The fields that change the result, as plain values: what a cache keys on."""
@@ -116,12 +133,30 @@ class TrackingSection:
     parent_run_id: str | None = option(None, fingerprint=False)  # run to nest under
 
 
-def flat_params(config: Any) -> dict[str, str]:
-    """A config as flat string params for MLflow (None as an empty string)."""
-    return {
-        key: "" if value is None else str(value)
-        for key, value in dataclasses.asdict(config).items()
-    }
+def param_value(value: Any) -> str:
+    """One config value as an MLflow param a person reads: None and () as "",
+    a tuple of plain values comma-separated (B,C as --set takes it), anything
+    nested as JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, tuple | list):
+        plain = all(isinstance(v, str | int | float) and "," not in str(v) for v in value)
+        return ",".join(map(str, value)) if plain else json.dumps(value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def legacy_param_value(value: Any) -> str:
+    """How params were written before `param_value`: Python's str()."""
+    return "" if value is None else str(value)
+
+
+def flat_params(config: Any, form: Callable[[Any], str] | None = None) -> dict[str, str]:
+    """A config as flat string params for MLflow, each value written by `form`
+    (default `param_value`)."""
+    form = form or param_value
+    return {key: form(value) for key, value in dataclasses.asdict(config).items()}
 
 
 # ---------------------------------------------------------------------------
@@ -200,18 +235,135 @@ def apply_overrides(config: Any, assignments: list[str]) -> Any:
     return dataclasses.replace(config, **changes)
 
 
+# ---------------------------------------------------------------------------
+# Config files: --config FILE
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The fields a config file sets: JSON when it ends in .json (what a run
+    logs as config.json), else YAML (what --print-config prints)."""
+    import yaml  # only a command given --config pays for it
+
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise NotFoundError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    try:
+        values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{path} is not valid YAML: {problem}{at}") from None
+    if values is None:  # an empty file sets nothing
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"{path} holds a {type(values).__name__}; a config file is a mapping of field "
+            "names to values"
+        )
+    return values
+
+
+def _optional(annotation: Any) -> tuple[Any, bool]:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0], len(args) < len(typing.get_args(annotation))
+    return annotation, False
+
+
+def file_value(value: Any, annotation: Any, field_name: str) -> Any:
+    """A value read from a JSON or YAML file as the field's type. A string for
+    a field of another type is read as --set reads it ("1e-3", "B,C", "true")."""
+    hint, optional = _optional(annotation)
+    if value is None:
+        require(optional, field_name, f"a {getattr(hint, '__name__', 'value')}, not null", value)
+        return None
+    if hint is Any:
+        return tuple(value) if isinstance(value, list) else value
+    if isinstance(value, str) and hint is not str:
+        return parse_value(value, annotation, field_name)
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        if isinstance(value, dict) and len(args) == 2 and args[1] is Ellipsis:
+            value = list(value.items())  # a grid written as a mapping: {width: [0.5, 1]}
+        require(isinstance(value, list | tuple), field_name, "a list", value)
+        if len(args) == 2 and args[1] is Ellipsis:
+            # Inside a list a string stays one: configs parse their own entries ("256:512").
+            return tuple(
+                v if isinstance(v, str) else file_value(v, args[0], field_name) for v in value
+            )
+        require(len(value) == len(args), field_name, f"a list of {len(args)}", value)
+        return tuple(file_value(v, a, field_name) for v, a in zip(value, args, strict=True))
+    kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(hint)
+    if kinds is None:
+        return value
+    wrong_bool = isinstance(value, bool) and hint is not bool
+    if not isinstance(value, kinds) or wrong_bool:
+        quote = " (quote it in YAML)" if hint is str else ""
+        raise ConfigError(f"{field_name} takes a {hint.__name__}{quote}; got {value!r}")
+    return hint(value)
+
+
+def apply_values(config: Any, values: Mapping[str, Any], source: str, cls: Any = None) -> Any:
+    """`config` with the fields `values` sets (read from the file `source`);
+    with config None, `cls`'s defaults with them. A field that is itself a
+    config (a sweep's `train`) is set field by field from a mapping. Errors
+    name `source` and the field."""
+    cls = cls or type(config)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{source}: unknown field {key!r}; fields are {', '.join(sorted(fields))}"
+            )
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+            inner = getattr(config, key) if config is not None else None
+            changes[key] = apply_values(inner, value, f"{source}: {key}", hint)
+            continue
+        try:
+            changes[key] = file_value(value, hint, key)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    try:
+        return dataclasses.replace(config, **changes) if config is not None else cls(**changes)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def config_text(config: Any, form: str = "yaml") -> str:
+    """The whole config as a config file: YAML in field order, or the JSON a run logs."""
+    if form == "json":
+        return config.to_json()
+    import yaml
+
+    plain = json.loads(json.dumps(config.to_dict()))  # tuples as lists
+    return yaml.safe_dump(plain, sort_keys=False, default_flow_style=None, width=100)
+
+
 __all__ = [
     "FINGERPRINT",
     "ConfigError",
     "Serialised",
     "TrackingSection",
     "apply_overrides",
+    "apply_values",
     "as_tuple",
+    "config_text",
     "fingerprint_fields",
     "flat_params",
     "option",
     "parse_train_scale",
+    "param_value",
     "parse_value",
+    "read_config_file",
     "require",
     "settings_digest",
     "split_values",

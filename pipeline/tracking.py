@@ -294,12 +294,7 @@ def refuse_other_settings(existing, config: Any) -> None:
     of `config`'s fingerprinted params (the settings that change its result)."""
     if existing is None:
         return
-    logged, params = existing.data.params, config.flat_params()
-    changed = {
-        k: (logged[k], str(params[k]))
-        for k in config.fingerprint_params()
-        if k in params and k in logged and logged[k] != str(params[k])
-    }
+    changed = config.changed_params(existing.data.params)
     if changed:
         raise ConfigError(
             f"run {existing.info.run_id} was started with other settings: "

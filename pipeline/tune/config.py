@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +19,13 @@ from pipeline.config import (
     fingerprint_fields,
     flat_params,
     option,
+    param_value,
     parse_train_scale,
     parse_value,
     require,
     require_name,
     split_values,
+    train_scale_label,
 )
 from pipeline.train.config import TrainConfig
 
@@ -199,18 +202,25 @@ class TuneConfig(Serialised):
     def model_name(self) -> str:
         return self.registered_model or self.name
 
-    def flat_params(self) -> dict[str, str]:
+    def flat_params(self, form: Callable[[Any], str] | None = None) -> dict[str, str]:
         """The sweep's settings, and the base training config as train.FIELD, as
-        flat MLflow params."""
+        flat MLflow params; lists as --set writes them (scales 36,36:44,
+        lr_range 0.001:0.1, grid width=0.5,1; depth=...)."""
+        form = form or param_value
         params = {
-            key: "" if value is None else str(value)
+            key: form(value)
             for key, value in dataclasses.asdict(self).items()
             if key not in ("train", "grid")
         }
+        if form is param_value:
+            params["scales"] = ",".join(train_scale_label(s, sep=":") for s in self.scales)
+            low_high = self.lr_range
+            params["lr_range"] = f"{low_high[0]}:{low_high[1]}" if low_high else ""
         params["grid"] = "; ".join(
             f"{field_name}={','.join(map(str, values))}" for field_name, values in self.grid
         )
-        params.update({f"train.{key}": value for key, value in flat_params(self.train).items()})
+        train = flat_params(self.train, form)
+        params.update({f"train.{key}": value for key, value in train.items()})
         return params
 
     def fingerprint_params(self) -> tuple[str, ...]:

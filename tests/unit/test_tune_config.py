@@ -117,7 +117,7 @@ def test_config_round_trips_through_json_and_logs_flat():
     again = TuneConfig.from_dict(json.loads(config.to_json()))
     assert again == config
     params = config.flat_params()
-    assert params["lrs"] == "(0.002, 1e-05)"
+    assert params["lrs"] == "0.002,1e-05" and params["scales"] == "36,36:44"
     assert params["grid"] == "width=0.0625,0.125"
     assert params["train.epochs"] == "3" and params["train.recipe"] == "tune-smoke"
     assert all(isinstance(value, str) for value in params.values())
