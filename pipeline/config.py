@@ -306,7 +306,9 @@ def file_value(value: Any, annotation: Any, field_name: str) -> Any:
     if not isinstance(value, kinds) or wrong_bool:
         quote = " (quote it in YAML)" if hint is str else ""
         raise ConfigError(f"{field_name} takes a {hint.__name__}{quote}; got {value!r}")
-    return hint(value)
+    # As read: an int stays an int in a float field, as a recipe may have it, so
+    # that a printed config logs the same params (2, not 2.0) and is the same run.
+    return value
 
 
 def apply_values(config: Any, values: Mapping[str, Any], source: str, cls: Any = None) -> Any:
@@ -344,8 +346,17 @@ def config_text(config: Any, form: str = "yaml") -> str:
         return config.to_json()
     import yaml
 
+    class Dumper(yaml.SafeDumper):
+        """Fields one a line, each list on its field's line: [B, C]."""
+
+    Dumper.add_representer(
+        list, lambda dumper, value: dumper.represent_sequence(SEQUENCE_TAG, value, flow_style=True)
+    )
     plain = json.loads(json.dumps(config.to_dict()))  # tuples as lists
-    return yaml.safe_dump(plain, sort_keys=False, default_flow_style=None, width=100)
+    return yaml.dump(plain, Dumper=Dumper, sort_keys=False, width=100)
+
+
+SEQUENCE_TAG = "tag:yaml.org,2002:seq"
 
 
 __all__ = [

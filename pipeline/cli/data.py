@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.cli.options import add_config_file, add_overrides, file_values, printed, with_file
 from pipeline.errors import UserError
 
 
@@ -25,43 +26,22 @@ def register_preprocess(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("source", metavar="SOURCE", help="folder holding the ILSVRC-2012 copy")
     parser.add_argument("output", metavar="OUTPUT", help="folder for the shards and manifest")
-    parser.add_argument(
-        "--max-short-side",
-        type=int,
-        default=defaults.max_short_side,
-        help="shrink the shorter side to at most this many pixels, never enlarge "
-        "(default %(default)s)",
-    )
-    parser.add_argument(
-        "--jpeg-quality",
-        type=int,
-        default=defaults.jpeg_quality,
-        help="JPEG quality of re-encoded images (default %(default)s)",
-    )
-    parser.add_argument(
-        "--shard-rows",
-        type=int,
-        default=defaults.shard_rows,
-        help="most images per shard (default %(default)s)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=defaults.seed,
-        help="seed of the row order across shards (default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-rejected-fraction",
-        type=float,
-        default=defaults.max_rejected_fraction,
-        help="fail when more than this fraction of the images cannot be decoded or "
-        "labelled (default %(default)s)",
-    )
-    parser.add_argument(
-        "--stats-images",
-        type=int,
-        default=defaults.stats_images,
-        help="training images sampled for mean RGB and RGB eigenvectors (default %(default)s)",
+    # Flags default to None: unset, the --config file's value (else the config's) holds.
+    for flag, type_, what in (
+        ("--max-short-side", int, "shrink the shorter side to at most this many pixels, never "
+         "enlarge"),
+        ("--jpeg-quality", int, "JPEG quality of re-encoded images"),
+        ("--shard-rows", int, "most images per shard"),
+        ("--seed", int, "seed of the row order across shards"),
+        ("--max-rejected-fraction", float, "fail when more than this fraction of the images "
+         "cannot be decoded or labelled"),
+        ("--stats-images", int, "training images sampled for mean RGB and RGB eigenvectors"),
+    ):  # fmt: skip
+        default = getattr(defaults, flag.removeprefix("--").replace("-", "_"))
+        parser.add_argument(flag, type=type_, help=f"{what} (default {default})")
+    add_config_file(parser)
+    add_overrides(
+        parser, "--set", "overrides", "override a config field, e.g. --set seed=1 (repeatable)"
     )
     parser.add_argument(
         "--address",
@@ -72,20 +52,33 @@ def register_preprocess(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_preprocess)
 
 
+def _preprocess_config(args: argparse.Namespace):
+    import dataclasses
+
+    from pipeline.config import apply_overrides
+    from pipeline.preprocess.config import PreprocessConfig
+
+    config = with_file(PreprocessConfig(), file_values(args), args, PreprocessConfig)
+    flags = [  # every field has a flag of its name
+        f"{field.name}={value}"
+        for field in dataclasses.fields(PreprocessConfig)
+        if (value := getattr(args, field.name)) is not None
+    ]
+    return apply_overrides(config, [*args.overrides, *flags])
+
+
 def _run_preprocess(args: argparse.Namespace) -> int:
+    config = _preprocess_config(args)
+    if printed(config, args):
+        return 0
     from pipeline.preprocess import preprocess
 
     summary = preprocess(
         args.source,
         args.output,
-        max_short_side=args.max_short_side,
-        jpeg_quality=args.jpeg_quality,
-        shard_rows=args.shard_rows,
-        seed=args.seed,
-        max_rejected_fraction=args.max_rejected_fraction,
-        stats_images=args.stats_images,
         address=args.address,
         progress=not args.no_progress,
+        **config.to_dict(),
     )
     print(summary.report())
     return 0

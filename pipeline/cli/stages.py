@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli.options import add_address, add_overrides
+from pipeline.cli.options import (
+    add_address,
+    add_config_file,
+    add_overrides,
+    add_tracking,
+    file_values,
+    given,
+    printed,
+    recipe_base,
+    with_file,
+)
 
 
 def register_train(subparsers: argparse._SubParsersAction) -> None:
@@ -19,8 +29,11 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
         "(MLFLOW_TRACKING_URI, else ./mlflow.db).",
         epilog="recipes: " + ", ".join(RECIPES),
     )
-    parser.add_argument("--recipe", required=True, help="named recipe (listed below)")
+    parser.add_argument(
+        "--recipe", help="named recipe (listed below); needed unless --config names one"
+    )
     parser.add_argument("--data", help="prepared dataset (the preprocess output); sets data=")
+    add_config_file(parser)
     add_overrides(
         parser,
         "--set",
@@ -28,23 +41,33 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
         "override a config field, e.g. --set lr=0.005 --set num_workers=8 (repeatable)",
     )
     parser.add_argument("--init-from", help="net A to copy from: MLflow run id or checkpoint path")
+    add_tracking(parser, "MLflow run; running it again resumes it (default: the recipe's name)")
     add_address(parser)
     parser.set_defaults(func=_run_train)
 
 
 def _train_config(args: argparse.Namespace):
-    from pipeline.recipes import recipe
+    from pipeline.config import apply_overrides
+    from pipeline.recipes import RECIPES, recipe
+    from pipeline.train.config import TrainConfig
 
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data={args.data}")
-    if getattr(args, "init_from", None):
-        overrides.append(f"init_from={args.init_from}")
-    return recipe(args.recipe, overrides)
+    values = file_values(args)
+    config = with_file(recipe_base(args, values, RECIPES, recipe), values, args, TrainConfig)
+    flags = given(
+        args,
+        data="data",
+        init_from="init_from",
+        run_name="run_name",
+        experiment="experiment",
+        tracking_uri="tracking_uri",
+    )
+    return apply_overrides(config, [*args.overrides, *flags])
 
 
 def _run_train(args: argparse.Namespace) -> int:
     config = _train_config(args)  # validated before torch, Ray or MLflow load
+    if printed(config, args):
+        return 0
     from pipeline import tracking
     from pipeline.train import summary_lines, train
 
@@ -56,6 +79,7 @@ def _run_train(args: argparse.Namespace) -> int:
 def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     from pipeline.evaluation.config import EVALUATION_PROTOCOLS, EvaluateConfig
 
+    # Flags default to None: unset, the --config file's value (else the config's) holds.
     defaults = EvaluateConfig(models=("-",))
     parser = subparsers.add_parser(
         "evaluate",
@@ -70,14 +94,13 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
         "Scale sets: 'single' is Q = S (the middle of [Smin, Smax] when jittered), 'multi' is "
         "{S-32, S, S+32} ({Smin, middle, Smax} when jittered), or explicit Q like 256,384,512.",
     )
-    parser.add_argument("models", nargs="+", metavar="MODEL", help="nets to evaluate")
     parser.add_argument(
-        "--data", default="", help="prepared dataset (default: the first net's training data)"
+        "models", nargs="*", metavar="MODEL", help="nets to evaluate (or models: in --config)"
     )
-    parser.add_argument("--split", default=defaults.split, help="split (default %(default)s)")
+    parser.add_argument("--data", help="prepared dataset (default: the first net's training data)")
+    parser.add_argument("--split", help=f"split (default {defaults.split})")
     parser.add_argument(
         "--protocols",
-        default=",".join(defaults.protocols),
         help=f"comma-separated, from {', '.join(EVALUATION_PROTOCOLS)} (default: all)",
     )
     parser.add_argument(
@@ -88,15 +111,17 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
         help="a scale set: single, multi, or Q1,Q2,... (repeatable; default: single and multi)",
     )
     parser.add_argument(
-        "--ensemble", action="store_true", help="also evaluate the nets' averaged posteriors"
+        "--ensemble",
+        action="store_true",
+        default=None,
+        help="also evaluate the nets' averaged posteriors",
     )
     parser.add_argument(
-        "--grid", type=int, default=defaults.grid, help="multi-crop grid side (default 5: 50 crops)"
+        "--grid", type=int, help=f"multi-crop grid side (default {defaults.grid}: 50 crops)"
     )
     parser.add_argument(
         "--dense-pooling",
         choices=("mean", "sum"),
-        default=defaults.dense_pooling,
         help="dense evaluation: average the class-score map (default) or sum it, the "
         "paper's 'sum-pooled' read literally",
     )
@@ -104,6 +129,7 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
         "--dense-floor-pooling",
         dest="dense_ceil_mode",
         action="store_false",
+        default=None,
         help="dense evaluation: max-pools round odd sizes down (PyTorch's default) "
         "instead of up (the paper's Caffe nets)",
     )
@@ -111,13 +137,13 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--predictions",
         action="store_true",
+        default=None,
         help="also write every image's top-5 classes per row to OUTPUT/predictions.parquet",
     )
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=defaults.batch_size,
-        help="most crops or whole images per forward pass (default %(default)s)",
+        help=f"most crops or whole images per forward pass (default {defaults.batch_size})",
     )
     parser.add_argument(
         "--dense-batch-size",
@@ -128,51 +154,85 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, help="Ray tasks (default: one per GPU, else 1)")
     parser.add_argument(
         "--gpu",
+        dest="use_gpu",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="run on GPUs (default: when the cluster has them)",
     )
-    parser.add_argument("--cpus-per-worker", type=float, default=defaults.cpus_per_worker)
-    parser.add_argument("--data-cpus-per-task", type=float, default=defaults.data_cpus_per_task)
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast on the device")
-    parser.add_argument("--output", help="folder for the tables (default evaluations/NAME)")
-    parser.add_argument("--run-name", help="name of the MLflow evaluation run (default derived)")
-    parser.add_argument("--experiment", default=defaults.experiment, help="MLflow experiment")
     parser.add_argument(
-        "--tracking-uri", help="MLflow store (default MLFLOW_TRACKING_URI, else ./mlflow.db)"
+        "--cpus-per-worker", type=float, help=f"(default {defaults.cpus_per_worker})"
     )
+    parser.add_argument(
+        "--data-cpus-per-task", type=float, help=f"(default {defaults.data_cpus_per_task})"
+    )
+    parser.add_argument(
+        "--bf16", action="store_true", default=None, help="bf16 autocast on the device"
+    )
+    parser.add_argument("--output", help="folder for the tables (default evaluations/NAME)")
+    add_config_file(parser)
+    add_overrides(
+        parser,
+        "--set",
+        "overrides",
+        "override a config field, e.g. --set scale_step=16 (repeatable)",
+    )
+    add_tracking(parser, "MLflow evaluation run (default: derived from the nets and settings)")
     add_address(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run_evaluate)
 
 
-def _run_evaluate(args: argparse.Namespace) -> int:
-    from pipeline.evaluation.config import SCALE_SETS, EvaluateConfig
+# The EvaluateConfig fields that have a flag of their own (the same name as its dest).
+EVALUATE_FLAGS = (
+    "data",
+    "split",
+    "ensemble",
+    "grid",
+    "dense_pooling",
+    "dense_ceil_mode",
+    "limit",
+    "predictions",
+    "batch_size",
+    "dense_batch_size",
+    "workers",
+    "use_gpu",
+    "cpus_per_worker",
+    "data_cpus_per_task",
+    "bf16",
+    "output",
+    "run_name",
+    "experiment",
+    "tracking_uri",
+)
 
-    config = EvaluateConfig(  # validated here, before any Ray work
-        models=tuple(args.models),
-        data=args.data,
-        split=args.split,
-        protocols=tuple(p.strip() for p in args.protocols.split(",") if p.strip()),
-        scales=tuple(args.scales) if args.scales else SCALE_SETS,
-        ensemble=args.ensemble,
-        grid=args.grid,
-        dense_pooling=args.dense_pooling,
-        dense_ceil_mode=args.dense_ceil_mode,
-        limit=args.limit,
-        predictions=args.predictions,
-        batch_size=args.batch_size,
-        dense_batch_size=args.dense_batch_size,
-        workers=args.workers,
-        use_gpu=args.gpu,
-        cpus_per_worker=args.cpus_per_worker,
-        data_cpus_per_task=args.data_cpus_per_task,
-        bf16=args.bf16,
-        output=args.output,
-        run_name=args.run_name,
-        experiment=args.experiment,
-        tracking_uri=args.tracking_uri,
-    )
+
+def _evaluate_config(args: argparse.Namespace):
+    import dataclasses
+
+    from pipeline.config import apply_overrides, split_values
+    from pipeline.errors import UserError
+    from pipeline.evaluation.config import EvaluateConfig
+
+    values = file_values(args)
+    if args.models:  # MODEL arguments are flags: they win over the file's models
+        values = {key: value for key, value in values.items() if key != "models"}
+    elif "models" not in values:
+        raise UserError("evaluate needs one or more MODEL arguments (or models: in --config)")
+    base = EvaluateConfig(models=tuple(args.models)) if args.models else None
+    config = with_file(base, values, args, EvaluateConfig)
+    config = apply_overrides(config, args.overrides)
+    flags = {name: value for name in EVALUATE_FLAGS if (value := getattr(args, name)) is not None}
+    if args.protocols is not None:
+        flags["protocols"] = tuple(split_values(args.protocols))
+    if args.scales:
+        flags["scales"] = tuple(args.scales)
+    return dataclasses.replace(config, **flags)  # validated here, before any Ray work
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    config = _evaluate_config(args)
+    if printed(config, args):
+        return 0
     from pipeline.evaluation import run_evaluation
 
     result = run_evaluation(config, address=args.address, progress=not args.no_progress)
@@ -200,8 +260,11 @@ def register_tune(subparsers: argparse._SubParsersAction) -> None:
         "max_concurrent_trials, registered_model, alias), grid.FIELD=V1,V2 for a grid over "
         "a training field, and training fields (train.FIELD or FIELD) for the base config.",
     )
-    parser.add_argument("--recipe", required=True, help="named sweep recipe (listed below)")
+    parser.add_argument(
+        "--recipe", help="named sweep recipe (listed below); needed unless --config names one"
+    )
     parser.add_argument("--data", help="prepared dataset (the preprocess output); sets data=")
+    add_config_file(parser)
     add_overrides(
         parser,
         "--set",
@@ -209,17 +272,33 @@ def register_tune(subparsers: argparse._SubParsersAction) -> None:
         "override a sweep or training field, e.g. --set lrs=0.01,0.003 --set "
         "scales=256,256:512 --set grid.width=0.5,1 --set epochs=8 (repeatable)",
     )
+    add_tracking(parser, "the sweep's name (its MLflow parent run and Tune folder); sets name=")
     add_address(parser)
     parser.set_defaults(func=_run_tune)
 
 
-def _run_tune(args: argparse.Namespace) -> int:
-    from pipeline.recipes import tune_recipe
+def _tune_config(args: argparse.Namespace):
+    from pipeline.recipes import TUNE_RECIPES, tune_recipe
+    from pipeline.tune.config import TuneConfig, apply_tune_overrides
 
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data={args.data}")
-    config = tune_recipe(args.recipe, overrides)  # validated before torch, Ray or MLflow load
+    values = file_values(args)
+    config = with_file(
+        recipe_base(args, values, TUNE_RECIPES, tune_recipe), values, args, TuneConfig
+    )
+    flags = given(
+        args,
+        data="data",
+        name="run_name",
+        experiment="experiment",
+        tracking_uri="tracking_uri",
+    )
+    return apply_tune_overrides(config, [*args.overrides, *flags])
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    config = _tune_config(args)  # validated before torch, Ray or MLflow load
+    if printed(config, args):
+        return 0
     from pipeline.tune import summary_lines, tune
 
     print("\n".join(summary_lines(tune(config, address=args.address))))

@@ -7,7 +7,17 @@ import dataclasses
 import os
 from pathlib import Path
 
-from pipeline.cli.options import add_address, add_overrides
+from pipeline.cli.options import (
+    add_address,
+    add_config_file,
+    add_overrides,
+    add_tracking,
+    file_values,
+    given,
+    printed,
+    recipe_base,
+    with_file,
+)
 
 
 def register_run(subparsers: argparse._SubParsersAction) -> None:
@@ -31,12 +41,15 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
         "base_epochs, finetune_epochs, protocols, scales, ensemble=D-256-512,E-256-512, "
         "max_short_side, shard_rows.",
     )
-    parser.add_argument("--recipe", required=True, help="named workflow recipe (listed below)")
+    parser.add_argument(
+        "--recipe",
+        help="named workflow recipe (listed below); needed unless --config names one",
+    )
     parser.add_argument(
         "--data",
-        required=True,
         help="ILSVRC-2012 (folders or the official tars, as for `vggpipe preprocess`) or a "
-        "prepared dataset (a preprocess output); local path or pyarrow.fs URI",
+        "prepared dataset (a preprocess output); local path or pyarrow.fs URI; needed "
+        "unless --config sets data",
     )
     _add_workflow_arguments(parser)
     parser.set_defaults(func=_run_run)
@@ -47,13 +60,11 @@ def _add_workflow_arguments(
 ) -> None:
     parser.add_argument(
         "--work-dir",
-        default=work_dir,
         help="shards, checkpoints and tables; shared storage on a cluster "
         f"(default {work_dir or 'vggpipe-work'})",
     )
-    parser.add_argument(
-        "--run-name", help="MLflow parent run (default: recipe and a settings digest)"
-    )
+    add_config_file(parser)
+    add_tracking(parser, "MLflow parent run (default: recipe and a settings digest)")
     for flag, dest, what in (
         ("--set", "overrides", "a workflow field, e.g. --set from_a=B,D --set base_epochs=4"),
         ("--train-set", "train_overrides", "a training field of every net, e.g. num_workers=16"),
@@ -66,15 +77,27 @@ def _add_workflow_arguments(
     add_address(parser, default=address)
 
 
-def _workflow_config(recipe_name: str, args: argparse.Namespace, data: str):
-    from pipeline.recipes import workflow_recipe
+def _workflow_config(args: argparse.Namespace, **base_fields: str):
+    """recipe < --config < --set and flags; `base_fields` (the demo's own
+    work_dir) go on the recipe, under the file."""
+    from pipeline.config import apply_overrides
+    from pipeline.recipes import WORKFLOW_RECIPES, workflow_recipe
+    from pipeline.workflow.config import WorkflowConfig
 
-    overrides = [f"data={data}", *args.overrides]
-    if args.work_dir:
-        overrides.append(f"work_dir={args.work_dir}")
-    if args.run_name:
-        overrides.append(f"run_name={args.run_name}")
-    config = workflow_recipe(recipe_name, overrides)
+    values = file_values(args)
+    base = recipe_base(args, values, WORKFLOW_RECIPES, workflow_recipe)
+    if base_fields:
+        base = dataclasses.replace(base or WorkflowConfig(), **base_fields)
+    config = with_file(base, values, args, WorkflowConfig)
+    flags = given(
+        args,
+        data="data",
+        work_dir="work_dir",
+        run_name="run_name",
+        experiment="experiment",
+        tracking_uri="tracking_uri",
+    )
+    config = apply_overrides(config, [*args.overrides, *flags])
     extra = {
         "train_overrides": (*config.train_overrides, *args.train_overrides),
         "eval_overrides": (*config.eval_overrides, *args.eval_overrides),
@@ -96,17 +119,19 @@ def _print_plan(config) -> int:
 
 
 def _execute_workflow(config, args: argparse.Namespace) -> int:
-    from pipeline.workflow import run, summary_lines
-
+    if printed(config, args):
+        return 0
     if args.plan:
         return _print_plan(config)
+    from pipeline.workflow import run, summary_lines
+
     result = run(config, address=args.address)
     print("\n".join(summary_lines(result)))
     return 1 if result.failed else 0
 
 
 def _run_run(args: argparse.Namespace) -> int:
-    return _execute_workflow(_workflow_config(args.recipe, args, args.data), args)
+    return _execute_workflow(_workflow_config(args), args)
 
 
 def register_demo(subparsers: argparse._SubParsersAction) -> None:
@@ -120,8 +145,11 @@ def register_demo(subparsers: argparse._SubParsersAction) -> None:
         "again reuses every finished stage.",
     )
     # The demo is this machine's: never a cluster another command left running.
-    _add_workflow_arguments(parser, work_dir="vggpipe-demo", address="local")
-    parser.set_defaults(func=_run_demo)
+    _add_workflow_arguments(parser, work_dir=DEMO_WORK_DIR, address="local")
+    parser.set_defaults(func=_run_demo, recipe="demo")
+
+
+DEMO_WORK_DIR = "vggpipe-demo"
 
 
 # Ray Train's controller looks at its workers every 2 s, which adds seconds to
@@ -135,11 +163,13 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEMO_HEALTH_CHECK_SECONDS)
 
-    source = Path(args.work_dir) / "source"
-    if not (source / "train").is_dir():
+    config = _workflow_config(args, work_dir=DEMO_WORK_DIR)
+    source = Path(config.work_dir) / "source"
+    config = dataclasses.replace(config, data=str(source))
+    if not args.print_config and not (source / "train").is_dir():
         demo = make_demo_data(source)
         print(
             f"Wrote the demo data: {demo.count('train'):,} train and {demo.count('val'):,} val "
             f"images of {len(demo.wnids)} classes in {source}"
         )
-    return _execute_workflow(_workflow_config("demo", args, str(source)), args)
+    return _execute_workflow(config, args)
