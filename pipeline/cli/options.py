@@ -50,11 +50,14 @@ def add_config_file(parser: argparse.ArgumentParser) -> None:
 def add_tracking(parser: argparse.ArgumentParser, run_name: str) -> None:
     """--tracking-uri, --experiment and --run-name: the same on every stage that
     records an MLflow run. Unset, the recipe's or the config file's value holds."""
+    from pipeline.config import TrackingSection
+
     parser.add_argument(
         "--tracking-uri",
         help="MLflow store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)",
     )
-    parser.add_argument("--experiment", help="MLflow experiment (default vggpipe)")
+    experiment = TrackingSection().experiment
+    parser.add_argument("--experiment", help=f"MLflow experiment (default {experiment})")
     parser.add_argument("--run-name", help=run_name)
 
 
