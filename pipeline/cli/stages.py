@@ -182,30 +182,6 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_evaluate)
 
 
-# The EvaluateConfig fields that have a flag of their own (the same name as its dest).
-EVALUATE_FLAGS = (
-    "data",
-    "split",
-    "ensemble",
-    "grid",
-    "dense_pooling",
-    "dense_ceil_mode",
-    "limit",
-    "predictions",
-    "batch_size",
-    "dense_batch_size",
-    "workers",
-    "use_gpu",
-    "cpus_per_worker",
-    "data_cpus_per_task",
-    "bf16",
-    "output",
-    "run_name",
-    "experiment",
-    "tracking_uri",
-)
-
-
 def _evaluate_config(args: argparse.Namespace):
     import dataclasses
 
@@ -221,7 +197,13 @@ def _evaluate_config(args: argparse.Namespace):
     base = EvaluateConfig(models=tuple(args.models)) if args.models else None
     config = with_file(base, values, args, EvaluateConfig)
     config = apply_overrides(config, args.overrides)
-    flags = {name: value for name in EVALUATE_FLAGS if (value := getattr(args, name)) is not None}
+    # A flag's dest is its field's name; these three are parsed here or positional.
+    flags = {
+        field.name: value
+        for field in dataclasses.fields(EvaluateConfig)
+        if field.name not in ("models", "protocols", "scales")
+        and (value := getattr(args, field.name, None)) is not None
+    }
     if args.protocols is not None:
         flags["protocols"] = tuple(split_values(args.protocols))
     if args.scales:
