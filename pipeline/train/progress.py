@@ -48,7 +48,7 @@ def to_mlflow_epoch_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
 def from_mlflow_epoch_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     """The reverse, for a summary read back from a finished run."""
     back = {mlflow: plain for plain, mlflow in EPOCH_NAMES.items()}
-    plain = {k: v for k, v in metrics.items() if k not in EPOCH_NAMES}
+    plain = {k: v for k, v in metrics.items() if k not in back}
     plain.update({back[k]: v for k, v in metrics.items() if k in back})
     return plain
 
@@ -125,14 +125,21 @@ def clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def progress_note(metrics: Mapping[str, tuple[float, int]], total_steps: int) -> str:
-    """Where a run stands, from its latest metrics: step, epoch, loss, lr, speed."""
+def progress_note(
+    metrics: Mapping[str, tuple[float, int]],
+    total_steps: int | None = None,
+    *,
+    epochs: int | None = None,
+) -> str:
+    """Where a run stands, from its latest metrics (`latest`): step, epochs
+    done, loss, lr, speed and the last validation error."""
     if STEP_METRIC not in metrics:
         return ""
     loss, step = metrics[STEP_METRIC]
-    parts = [f"step {step}/{total_steps}"]
+    parts = [f"step {step}" + (f"/{total_steps}" if total_steps else "")]
     if "epoch" in metrics:
-        parts.append(f"epochs done {int(metrics['epoch'][0]) + 1}")
+        done = int(metrics["epoch"][0]) + 1
+        parts.append(f"epochs done {done}" + (f" of at most {epochs}" if epochs else ""))
     parts.append(f"loss {loss:.4f}")
     if "lr" in metrics:
         parts.append(f"lr {metrics['lr'][0]:.3g}")
@@ -194,7 +201,7 @@ class ConsoleProgress:
     def _show(self, metrics: dict[str, tuple[float, int]]) -> None:
         if STEP_METRIC in metrics and metrics[STEP_METRIC][1] != self.shown_step:
             step = metrics[STEP_METRIC][1]
-            note = progress_note(metrics, self.total) + self._eta(step)
+            note = progress_note(metrics, self.total, epochs=self.epochs) + self._eta(step)
             self.shown_step = step
             if self.tty:
                 self._bar(step, metrics)
@@ -205,7 +212,7 @@ class ConsoleProgress:
         if epoch > self.shown_epoch:
             for line in self._epoch_lines(self.shown_epoch + 1, epoch, metrics):
                 if self.bar is not None:
-                    self.bar.write(line)
+                    self.bar.write(line, file=self.stream)
                 else:
                     print(line, file=self.stream, flush=True)
             self.shown_epoch = epoch
