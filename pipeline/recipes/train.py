@@ -59,6 +59,7 @@ def demo(**overrides: Any) -> TrainConfig:
         cpus_per_worker=0.5,
         data_cpus_per_task=0.5,
         keep_checkpoints=1,
+        log_every_steps=5,
         **overrides,
     )
 
@@ -75,6 +76,7 @@ def smoke(**overrides: Any) -> TrainConfig:
         scale_max=36,
         epochs=2,
         max_steps_per_epoch=4,
+        log_every_steps=1,
         num_workers=1,
         **overrides,
     )

@@ -200,6 +200,9 @@ class TrainConfig(
     keep_checkpoints: int = option(2, fingerprint=False)
     # Worker failures survived by restarting from the last checkpoint
     max_failures: int = option(2, fingerprint=False)
+    # Training loss, lr, images/s and data wait go to MLflow every this many
+    # optimiser steps (rank 0's window since the last point), on the global step
+    log_every_steps: int = option(20, fingerprint=False)
 
     def __post_init__(self) -> None:
         require_name("run_name", self.run_name)
@@ -223,6 +226,7 @@ class TrainConfig(
                 self.micro_batch_size,
             )
         require(self.keep_checkpoints >= 1, "keep_checkpoints", ">= 1", self.keep_checkpoints)
+        require(self.log_every_steps >= 1, "log_every_steps", ">= 1", self.log_every_steps)
         require(self.max_failures >= -1, "max_failures", ">= -1 (-1: unlimited)", self.max_failures)
 
     @property

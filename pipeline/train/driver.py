@@ -11,6 +11,7 @@ import dataclasses
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 from pyarrow.fs import FileType
@@ -21,6 +22,12 @@ from pipeline.lease import RunLease
 from pipeline.shards import ShardStore, canonical_uri, require_folder, resolve_filesystem
 from pipeline.train.config import BEST_MODEL, FINAL_MODEL, VAL_METRIC, TrainConfig
 from pipeline.train.loop import train_loop_per_worker
+from pipeline.train.progress import (
+    POLL_SECONDS,
+    ConsoleProgress,
+    from_mlflow_epoch_metrics,
+    steps_per_epoch,
+)
 
 # Set once both models are logged from the final checkpoint it names: a rerun
 # that finds it (and a FINISHED run) has nothing left to do.
@@ -71,6 +78,7 @@ class _Checked:
     resume_from: str | None
     tags: dict[str, str]
     previous: object | None
+    train_images: int
 
 
 def _check(config: TrainConfig) -> _Checked:
@@ -114,7 +122,8 @@ def _check(config: TrainConfig) -> _Checked:
     )
     # A run of this name with other settings is refused before anything is written.
     tracking.refuse_other_settings(previous, config)
-    return _Checked(config, num_classes, uri, init_from, resume_from, tags, previous)
+    train_images = store.manifest().splits["train"].rows
+    return _Checked(config, num_classes, uri, init_from, resume_from, tags, previous, train_images)
 
 
 def train(
@@ -194,7 +203,14 @@ def _train_checked(checked: _Checked, address: str | None, callbacks: list | Non
                 ),
             ),
         )
-        result = _fit_interruptibly(trainer)
+        progress = ConsoleProgress(
+            run.client,
+            run.run_id,
+            name=config.name,
+            epochs=config.epochs,
+            steps_per_epoch=steps_per_epoch(checked.train_images, config),
+        )
+        result = _fit_interruptibly(trainer, progress)
         summary = _finish(run, config, result)
     except KeyboardInterrupt:
         run.end("KILLED")
@@ -206,13 +222,13 @@ def _train_checked(checked: _Checked, address: str | None, callbacks: list | Non
     return summary
 
 
-def _fit_interruptibly(trainer):
+def _fit_interruptibly(trainer, progress: ConsoleProgress):
     """`trainer.fit()` on a thread of its own, so that Ctrl-C stops the driver at
     once. On the main thread Ray Train answers Ctrl-C by asking its controller to
     abort and waiting for the answer, which never came while a worker group
     waited for resources (more than two minutes here, Ray 2.60); off the main
     thread it leaves the signal to Python. The run's actors belong to this
-    driver and end with it."""
+    driver and end with it. Meanwhile the main thread shows the run's progress."""
     outcome: dict = {}
 
     def fit() -> None:
@@ -223,8 +239,13 @@ def _fit_interruptibly(trainer):
 
     thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
     thread.start()
+    next_poll = time.monotonic()
     while thread.is_alive():
         thread.join(0.5)
+        if time.monotonic() >= next_poll:
+            progress.poll()
+            next_poll = time.monotonic() + POLL_SECONDS
+    progress.close()
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
@@ -276,7 +297,7 @@ def _finished_result(previous, config: TrainConfig) -> TrainResult | None:
     filesystem, path = resolve_filesystem(final)
     if filesystem.get_file_info(path).type != FileType.Directory:
         return None
-    metrics = dict(previous.data.metrics)
+    metrics = from_mlflow_epoch_metrics(previous.data.metrics)
     return TrainResult(
         run_id=previous.info.run_id,
         run_name=config.name,
@@ -304,8 +325,8 @@ def _finish(run: tracking.Run, config: TrainConfig, result) -> TrainResult:
         if best is not None:
             to_log.insert(0, (BEST_MODEL, *best))
         for name, checkpoint, checkpoint_metrics in to_log:
-            # Linked to the epoch the checkpoint was saved at, as its metrics are.
-            step = int(checkpoint_metrics.get("epoch", 0))
+            # Linked to the step of the epoch the checkpoint was saved at, as its metrics are.
+            step = int(checkpoint_metrics.get("global_step", 0))
             run.log_model(checkpoints.load(checkpoint.path).model, name, step=step)
         run.set_tags({MODELS_LOGGED_TAG: final.path})
 

@@ -188,6 +188,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from pipeline import ingest, tracking
+    from pipeline.train.progress import StepLog, to_mlflow_epoch_metrics
 
     config = TrainConfig.from_dict(loop_config["config"])
     context = ray.train.get_context()
@@ -227,7 +228,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
 
     # Resume: a restarted worker group or a rerun of the same run name.
-    start_epoch = 0
+    start_epoch, global_step = 0, 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -237,10 +238,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         optimiser.load_state_dict(state["optimizer"])
         schedule = PlateauSchedule(**state["schedule"])
         start_epoch = state["epoch"] + 1
+        global_step = state.get("global_step", 0)
         # Metrics are logged after their checkpoint is reported: a worker that
         # died in between left them unlogged, and they are in the checkpoint.
         if rank == 0 and "metrics" in state:
-            run.log_metrics_once(state["metrics"], step=state["epoch"])
+            run.log_metrics_once(to_mlflow_epoch_metrics(state["metrics"]), step=global_step)
+    step_log = StepLog(run, config.log_every_steps, world) if rank == 0 else None
 
     # Epochs.
     for epoch in range(start_epoch, config.epochs):
@@ -252,6 +255,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         model.train()
         loss_sum, images_seen, steps, waiting = 0.0, 0, 0, 0.0
         epoch_start = time.perf_counter()
+        if step_log is not None:
+            step_log.start_window()
         batches = iter(
             ingest.training_batches(
                 config.data,
@@ -274,10 +279,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 if batch is None:
                     break
                 micro_batches.append(batch)
-            waiting += time.perf_counter() - wait_start
+            waited = time.perf_counter() - wait_start
+            waiting += waited
             if len(micro_batches) < accumulation:
                 break  # the epoch's last partial step is dropped, as drop_last does
-            loss_sum += sgd_step(
+            step_loss = sgd_step(
                 model,
                 forward,
                 optimiser,
@@ -288,15 +294,26 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 config=config,
                 device=device,
             ).item()
-            images_seen += sum(len(batch["label"]) for batch in micro_batches)
-            steps += 1
+            step_images = sum(len(batch["label"]) for batch in micro_batches)
+            loss_sum, images_seen, steps = (
+                loss_sum + step_loss,
+                images_seen + step_images,
+                steps + 1,
+            )
+            global_step += 1
+            if step_log is not None:
+                step_log.add(global_step, step_loss, step_images, waited, schedule.lr)
         elapsed = time.perf_counter() - epoch_start
+        if step_log is not None:
+            step_log.flush(global_step, schedule.lr)  # the epoch's last, partial window
+            step_log.wait()
 
         train_loss, images_total, waiting_total, elapsed_total = _all_sum(
             [loss_sum, images_seen, waiting, elapsed], device
         )
         metrics = {
             "epoch": epoch,
+            "global_step": global_step,
             "train_loss": train_loss / max(images_total, 1),
             "lr": schedule.lr,
             "images_per_second": images_total / max(elapsed_total / world, 1e-9),
@@ -319,6 +336,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                         "optimizer": optimiser.state_dict(),
                         "schedule": schedule.__dict__.copy(),
                         "epoch": epoch,
+                        "global_step": global_step,
                         "seed": config.seed,
                         "metrics": metrics,
                     },
@@ -327,8 +345,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=report_checkpoint)
         # After the report: a kill before it reruns the epoch, whose metrics must
         # then be logged once, by the rerun.
+        # On the global step axis, beside the per-step series.
         if rank == 0:
-            run.log_metrics_once(metrics, step=epoch)
+            run.log_metrics_once(to_mlflow_epoch_metrics(metrics), step=global_step)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -118,6 +118,7 @@ def run_trial(
     each epoch's report forwarded to Tune (where ASHA may stop the trial)."""
     from pipeline.train.config import TrainConfig
     from pipeline.train.driver import train
+    from pipeline.train.progress import from_mlflow_epoch_metrics
 
     config = trial_config(
         TrainConfig.from_dict(base),
@@ -132,7 +133,7 @@ def run_trial(
         # Tune saves its experiment state every ten seconds or so; a sweep killed
         # between a trial's end and that save resumes the trial as unfinished.
         # Its training run is complete: report what it recorded, train nothing.
-        metrics = dict(done.data.metrics)
+        metrics = from_mlflow_epoch_metrics(done.data.metrics)
         ray_tune.report({**metrics, EPOCHS_DONE: int(metrics.get("epoch", -1)) + 1})
         return
     train(config, callbacks=[EpochsToTune()])

@@ -192,13 +192,10 @@ class TrainStage(Stage):
         }
 
     def progress(self, mlflow_run: Run) -> str:
-        metrics = mlflow_run.get().data.metrics
-        if "epoch" not in metrics:
-            return ""
-        note = f": epoch {int(metrics['epoch']) + 1} of at most {self.config.epochs}"
-        if "val_top1_error" in metrics:
-            note += f", val top-1 error {100 * metrics['val_top1_error']:.2f}%"
-        return note
+        from pipeline.train.progress import latest, progress_note
+
+        note = progress_note(latest(mlflow_run.get()), epochs=self.config.epochs)
+        return f": {note}" if note else ""
 
 
 @dataclass(frozen=True)

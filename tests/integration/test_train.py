@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -16,10 +19,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline import checkpoints, tracking
+from pipeline import checkpoints, cli, tracking
 from pipeline.config import flat_params
 from pipeline.recipes import recipe
 from pipeline.train import train
+from pipeline.train.config import TrainConfig
 from tests.commands import vggpipe
 from vgg import VGG, to_fully_convolutional
 
@@ -45,9 +49,42 @@ def _config(demo_shards, store, name, *overrides):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(demo_shards, store, ray_local):
-    config = _config(demo_shards, store, "smoke-a")
-    return config, train(config)
+def smoke_cli(demo_shards, store, ray_local) -> tuple[TrainConfig, str]:
+    """`vggpipe train` of the smoke recipe, in this process (on the session's
+    Ray), its standard output in a pipe-like stream (not a terminal)."""
+    sets = [
+        f"storage_path={store['storage']}",
+        f"tracking_uri={store['uri']}",
+        "run_name=smoke-a",
+        "data_cpus_per_task=0.25",
+    ]
+    output = io.StringIO()
+    args = ["train", "--recipe", "smoke", "--data", demo_shards]
+    with contextlib.redirect_stdout(output):
+        assert cli.main(args + [arg for item in sets for arg in ("--set", item)]) == 0
+    return _config(demo_shards, store, "smoke-a"), output.getvalue()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(smoke_cli):
+    config, _ = smoke_cli
+    return config, train(config)  # what the command's run recorded: nothing is trained again
+
+
+def test_the_command_shows_progress_while_it_trains(smoke_cli):
+    config, output = smoke_cli
+    total = config.epochs * config.max_steps_per_epoch
+    steps = [
+        int(m.group(1))
+        for m in re.finditer(rf"^smoke-a: step (\d+)/{total}, .*loss \d", output, re.M)
+    ]
+    # A line for a step before the last was printed while training went on.
+    assert steps and min(steps) < total, output
+    epochs = re.findall(
+        rf"^smoke-a: epoch (\d)/{config.epochs} \(step (\d+)\): train loss \d", output, re.M
+    )
+    assert epochs == [("1", "4"), ("2", "8")], output
+    assert output.index("smoke-a: epoch 2/2") < output.index("Trained smoke-a")
 
 
 def test_smoke_run_is_recorded_in_mlflow(smoke_run, store):
@@ -56,16 +93,15 @@ def test_smoke_run_is_recorded_in_mlflow(smoke_run, store):
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params == flat_params(config)
-    for metric in (
-        "train_loss",
-        "val_top1_error",
-        "val_top5_error",
-        "lr",
-        "images_per_second",
-        "data_wait_fraction",
-    ):
+    # Per step (log_every_steps=1) and per epoch, on one axis: the global step.
+    steps = config.epochs * config.max_steps_per_epoch
+    for metric in ("train_loss", "lr", "images_per_second", "data_wait_fraction"):
         history = client.get_metric_history(result.run_id, metric)
-        assert sorted(m.step for m in history) == [0, 1], metric
+        assert sorted(m.step for m in history) == list(range(1, steps + 1)), metric
+    epoch_ends = [config.max_steps_per_epoch * (epoch + 1) for epoch in range(config.epochs)]
+    for metric in ("epoch", "epoch_train_loss", "val_top1_error", "val_top5_error"):
+        history = client.get_metric_history(result.run_id, metric)
+        assert sorted(m.step for m in history) == epoch_ends, metric
     assert run.data.tags[tracking.RECIPE_TAG] == "smoke"
     assert len(run.data.tags[tracking.DATASET_TAG]) == 64
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
@@ -93,9 +129,10 @@ def test_smoke_run_is_recorded_in_mlflow(smoke_run, store):
             [run.info.experiment_id],
             filter_string=f"name = '{name}' AND source_run_id = '{result.run_id}'",
         )
-        # Linked to the epoch its checkpoint was saved at (the last of two, or the best).
-        assert epochs[model.model_id] in (0, 1)
-    assert epochs[model.model_id] == 1  # final_model: the last epoch
+        # Linked to the step its checkpoint was saved at (the end of one of the
+        # two epochs: the last, or the best).
+        assert epochs[model.model_id] in epoch_ends
+    assert epochs[model.model_id] == epoch_ends[-1]  # final_model: the last epoch
     assert checkpoints.resolve(result.run_id, store["uri"]) == result.best_checkpoint
 
 
@@ -196,9 +233,14 @@ def test_killed_worker_resumes_from_its_checkpoint_with_the_same_result(
     assert killed, "no training worker was found to kill"
 
     client = MlflowClient(store["uri"])
-    epochs = sorted(m.step for m in client.get_metric_history(interrupted.run_id, "train_loss"))
-    assert epochs[0] == 0 and epochs.count(0) == 1, "epoch 0 ran again after the failure"
-    assert sorted(set(epochs)) == [0, 1]
+    # Epoch 0 ran again after the failure, its metrics each logged once.
+    epoch_ends = [config.max_steps_per_epoch * (epoch + 1) for epoch in range(config.epochs)]
+    for metric in ("epoch_train_loss", "train_loss"):
+        steps = sorted(m.step for m in client.get_metric_history(interrupted.run_id, metric))
+        assert len(steps) == len(set(steps)), metric
+    assert (
+        sorted(m.step for m in client.get_metric_history(interrupted.run_id, "epoch")) == epoch_ends
+    )
 
     resumed_weights = checkpoints.load(interrupted.final_checkpoint).model.state_dict()
     straight_weights = checkpoints.load(straight.final_checkpoint).model.state_dict()
@@ -217,8 +259,8 @@ def test_rerunning_a_finished_run_name_resumes_it(smoke_run, store):
     assert again.metrics["val_top1_error"] == first.metrics["val_top1_error"]
     client = MlflowClient(store["uri"])
     assert client.get_run(first.run_id).info.status == "FINISHED"
-    history = client.get_metric_history(first.run_id, "train_loss")
-    assert sorted(m.step for m in history) == [0, 1]
+    history = client.get_metric_history(first.run_id, "epoch")
+    assert sorted(m.step for m in history) == [4, 8]
 
 
 def test_a_scale_the_shards_cannot_serve_is_refused_in_one_line_before_ray(demo_shards, tmp_path):
