@@ -13,7 +13,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     submod_attrs={
         "configs": ["ALIASES", "CONFIGS"],
         "model": ["VGG", "build_vgg", "init_weights", "vgg11", "vgg13", "vgg16", "vgg19"],
-        "dense": ["DenseVGG", "to_fully_convolutional"],
+        "dense": ["DenseVGG", "to_fully_convolutional", "whole_window_region"],
         "interop": ["load_torchvision_state_dict", "to_torchvision_state_dict"],
         "summary": ["config_table", "count_macs", "count_parameters"],
         "transfer": ["init_from_shallower"],

@@ -50,6 +50,8 @@ def resolve_config(config: str) -> str:
 # Dense evaluation's ways to turn a class-score map into one vector
 # (vgg.evaluation.spatial_average), named here so configs check them without torch.
 SCORE_POOLING = ("mean", "sum")
+# What of a rescaled test image dense evaluation sees (vgg.dense.whole_window_region)
+DENSE_REGIONS = ("centred", "whole")
 
 __all__ = [
     "ALIASES",
@@ -57,6 +59,7 @@ __all__ = [
     "FC_WIDTH",
     "INIT_SCHEMES",
     "SCORE_POOLING",
+    "DENSE_REGIONS",
     "ConvSpec",
     "resolve_config",
 ]

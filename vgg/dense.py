@@ -25,6 +25,20 @@ class DenseVGG(nn.Module):
         return self.classifier(self.features(x))
 
 
+def whole_window_region(
+    height: int, width: int, crop_size: int, stride: int = 32
+) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the part of a `height` x `width` image
+    that the dense net's score windows tile exactly, centred: `crop_size` plus
+    whole strides each way, the leftover border split evenly between both sides
+    (as the centre crop splits it). At the paper's test scales (Q a multiple of
+    32 with 224 crops) that is the whole image; at a Q between, the windows
+    neither start at the top left (floor pooling) nor hang off the image (ceil)."""
+    region_h = crop_size + (height - crop_size) // stride * stride
+    region_w = crop_size + (width - crop_size) // stride * stride
+    return (height - region_h) // 2, (width - region_w) // 2, region_h, region_w
+
+
 def _linear_as_conv(linear: nn.Linear, in_channels: int, kernel: int) -> nn.Conv2d:
     conv = nn.Conv2d(in_channels, linear.out_features, kernel_size=kernel)
     with torch.no_grad():

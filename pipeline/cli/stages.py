@@ -126,6 +126,12 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
         "paper's 'sum-pooled' read literally",
     )
     parser.add_argument(
+        "--dense-region",
+        choices=("centred", "whole"),
+        help="dense evaluation: the part of the image the score windows tile exactly, "
+        "centred (default; the whole image at the paper's Q), or the whole image",
+    )
+    parser.add_argument(
         "--dense-floor-pooling",
         dest="dense_ceil_mode",
         action="store_false",

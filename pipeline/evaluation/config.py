@@ -15,7 +15,7 @@ from pipeline.config import (
     require,
     require_name,
 )
-from vgg.configs import SCORE_POOLING
+from vgg.configs import DENSE_REGIONS, SCORE_POOLING
 
 EVALUATION_PROTOCOLS = ("centre", "dense", "multi-crop", "dense+multi-crop")
 SCALE_SETS = ("single", "multi")
@@ -69,6 +69,11 @@ class ProtocolSection:
     # The score map to one vector: "mean" (default) or "sum" (the paper's
     # "sum-pooled" read literally; it sharpens the softmax on larger images)
     dense_pooling: str = option("mean", fingerprint=True)
+    # What of the rescaled image dense evaluation sees: "centred", the part its
+    # score windows tile exactly, centred (`vgg.dense.whole_window_region`; the
+    # whole image at Q = crop + whole strides, as all the paper's Q are), or
+    # "whole", the image as it is, the pools' rounding deciding its border
+    dense_region: str = option("centred", fingerprint=True)
 
     def _check_protocols(self) -> None:
         as_tuple(self, "protocols", "scales")
@@ -88,6 +93,12 @@ class ProtocolSection:
             "dense_pooling",
             f"one of {', '.join(SCORE_POOLING)}",
             self.dense_pooling,
+        )
+        require(
+            self.dense_region in DENSE_REGIONS,
+            "dense_region",
+            f"one of {', '.join(DENSE_REGIONS)}",
+            self.dense_region,
         )
 
     @property

@@ -200,6 +200,7 @@ def run_evaluation(
                 predictions=config.predictions,
                 dense_ceil_mode=config.dense_ceil_mode,
                 dense_pooling=config.dense_pooling,
+                dense_region=config.dense_region,
             ),
             rank,
             workers,

@@ -49,6 +49,7 @@ class ShareJob:
     predictions: bool = False  # return each image's top-5 classes per row
     dense_ceil_mode: bool = True  # EvaluateConfig.dense_ceil_mode
     dense_pooling: str = "mean"  # EvaluateConfig.dense_pooling
+    dense_region: str = "centred"  # EvaluateConfig.dense_region
 
 
 @dataclass
@@ -180,14 +181,29 @@ class _ShareEvaluator:
             self.dense_images += len(bucket.keys)
             self.dense_passes += 1
 
+    def dense_view(self, image: np.ndarray, crop_size: int) -> np.ndarray:
+        """What of a rescaled image the dense nets of `crop_size` see
+        (EvaluateConfig.dense_region)."""
+        from vgg.dense import whole_window_region
+
+        if self.job.dense_region == "whole":
+            return image
+        top, left, height, width = whole_window_region(*image.shape[:2], crop_size)
+        return image[top : top + height, left : left + width]
+
     def one_scale(self, scale: int, dataset, progress) -> None:
         """Every image of `dataset` (whole, rescaled to `scale`) through every
         net and view that the rows need at this scale."""
         from vgg.evaluation import SizeBuckets
 
         views_by_model = self.needs[scale]
-        dense_models = [i for i, views in views_by_model.items() if "dense" in views]
-        buckets = SizeBuckets(self.dense_batch_size)
+        # Dense nets by crop size: each size sees its own region of an image.
+        dense_by_crop: dict[int, list[int]] = {}
+        for i, views in views_by_model.items():
+            if "dense" in views:
+                crop = self.job.models[i].architecture.crop_size
+                dense_by_crop.setdefault(crop, []).append(i)
+        buckets = {crop: SizeBuckets(self.dense_batch_size) for crop in dense_by_crop}
         for batch in dataset.iter_batches(batch_size=ROWS_PER_READ, batch_format="numpy"):
             keys = [str(key) for key in batch["key"]]
             self.collected.labels.update(zip(keys, (int(x) for x in batch["label"]), strict=True))
@@ -197,14 +213,15 @@ class _ShareEvaluator:
                     self.centre(i, scale, keys, images)
                 if "multi-crop" in views:
                     self.multi_crop(i, scale, keys, images)
-            if dense_models:
+            for crop, models in dense_by_crop.items():
                 for key, image in zip(keys, images, strict=True):
-                    for bucket in buckets.add(key, image):
-                        self.dense(dense_models, scale, bucket)
+                    for bucket in buckets[crop].add(key, self.dense_view(image, crop)):
+                        self.dense(models, scale, bucket)
             if progress is not None:
                 progress.add.remote(len(keys))
-        for bucket in buckets.drain():
-            self.dense(dense_models, scale, bucket)
+        for crop, models in dense_by_crop.items():
+            for bucket in buckets[crop].drain():
+                self.dense(models, scale, bucket)
 
     def result(self, seconds: float) -> ShareResult:
         """Each row's error counts on this worker's images: its views averaged,

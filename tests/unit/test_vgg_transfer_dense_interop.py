@@ -12,6 +12,7 @@ from vgg import (
     load_torchvision_state_dict,
     to_fully_convolutional,
     to_torchvision_state_dict,
+    whole_window_region,
 )
 from vgg.evaluation import spatial_average
 
@@ -75,6 +76,24 @@ def test_dense_pooling_rounds_up_as_caffe_did_unless_asked_not_to():
         # At a multiple of 32 the two agree to the bit.
         image = torch.randn(1, 3, 64, 96)
         assert torch.equal(ceil(image), floor(image))
+
+
+def test_the_whole_window_region_is_centred_and_tiled_exactly():
+    # The paper's Q with 224 crops: the whole image.
+    assert whole_window_region(256, 341, 224) == (0, 10, 256, 320)
+    assert whole_window_region(384, 384, 224) == (0, 0, 384, 384)
+    # The demo's Q = S = 72 with 64 crops: one window, centred as the centre crop.
+    assert whole_window_region(72, 75, 64) == (4, 5, 64, 64)
+    # Q = 108: two windows each way, the 12 pixels left over split 6 and 6.
+    assert whole_window_region(108, 108, 64) == (6, 6, 96, 96)
+    torch.manual_seed(0)
+    model = build_vgg("A", width=0.0625, num_classes=4, crop_size=64, init="kaiming").eval()
+    image = torch.randn(1, 3, 72, 75)
+    top, left, height, width = whole_window_region(72, 75, 64)
+    with torch.no_grad():
+        centre = model(image[:, :, top : top + 64, left : left + 64])
+        dense = to_fully_convolutional(model)(image[:, :, top : top + height, left : left + width])
+    assert torch.allclose(dense.flatten(1), centre, atol=1e-5)
 
 
 def test_score_maps_are_averaged_or_summed():
