@@ -51,3 +51,6 @@ def test_a_failed_stage_blocks_what_needs_it_and_fails_the_parent(
         outcomes["preprocess"].run_id,
         failed.run_id,
     }
+    # No net finished: none is registered.
+    assert result.registered == {}
+    assert tracking.client(uri).search_registered_models() == []
