@@ -12,9 +12,10 @@ if TYPE_CHECKING:
     from pipeline.tracking import Run
 
 CURVES_ARTIFACT = "plots/training_curves.png"
-# (panel title, y-axis label, metric keys drawn in it, log y-axis)
+# (panel title, y-axis label, metric keys drawn in it, log y-axis): the loss per
+# logged step and, where the loop logs it, each epoch's mean.
 PANELS = (
-    ("training loss", "cross-entropy", ("train_loss",), False),
+    ("training loss", "cross-entropy", ("train_loss", "epoch_train_loss"), False),
     ("validation error", "error", ("val_top1_error", "val_top5_error"), False),
     ("learning rate", "lr", ("lr",), True),
 )
