@@ -288,8 +288,11 @@ def start_run(
         from pipeline.tracking_context import context_tags
 
         # What mlflow.start_run would tag (user, source, git commit); a nested run its parent's.
-        parent_tags = mlflow_client.get_run(parent_run_id).data.tags if parent_run_id else None
-        all_tags = context_tags(parent_tags) | {RUN_NAME_TAG: name, "mlflow.runName": name}
+        parent = get_run_or_none(parent_run_id, uri) if parent_run_id else None
+        all_tags = context_tags(parent and parent.data.tags) | {
+            RUN_NAME_TAG: name,
+            "mlflow.runName": name,
+        }
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
         run_id = mlflow_client.create_run(
