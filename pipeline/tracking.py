@@ -44,11 +44,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def model_requirements() -> list[str]:
-    """What a logged model needs to load: torch, and what the bundled `vgg`
-    package imports, at the versions installed here. Given explicitly because
-    MLflow otherwise infers them by loading the model in a subprocess, which
-    costs seconds per logged model and two models per training run
-    (benchmarks/log_model.py measures it)."""
+    """What a logged model needs to load (torch, and what the bundled `vgg`
+    imports) at the versions installed here: MLflow would infer them by loading
+    the model in a subprocess, seconds per model (benchmarks/log_model.py)."""
     from importlib.metadata import version
 
     names = ("mlflow", "torch", "numpy", "pillow", "safetensors")
@@ -190,6 +188,20 @@ class Run:
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, path, artifact_path)
 
+    def log_dataset(self, uri: str, context: str) -> None:
+        """The prepared dataset at `uri` as an MLflow dataset input ("training" or
+        "evaluation" `context`); MLflow links it once: a resumed run adds none."""
+        from pipeline.tracking_context import dataset_input
+
+        self.client.log_inputs(self.run_id, datasets=[dataset_input(uri, context)])
+
+    def system_metrics(self):
+        """A context manager: MLflow's system metrics of this machine
+        (`system/...`) logged to the run while its block runs."""
+        from pipeline.tracking_context import system_metrics
+
+        return system_metrics(self.run_id, self.uri)
+
     def log_model(self, net, name: str, *, step: int = 0, registered_model_name: str | None = None):
         """Log `net` (a `vgg.VGG`) as an MLflow model from code
         (pipeline/mlflow_vgg_model.py): the `vgg` package, the net's JSON
@@ -266,15 +278,21 @@ def start_run(
             refuse_other_settings(existing, config)
         mlflow_client.update_run(existing.info.run_id, status="RUNNING")
         run = Run(existing.info.run_id, uri)
-        # A workflow's stage run keeps the kind the workflow gave it (an
-        # ensemble is evaluated by the evaluation stage's code).
+        # A workflow's stage run keeps its kind (an ensemble is evaluated by the evaluation code).
         tags = {
             k: v
             for k, v in (tags or {}).items()
             if k != STAGE_TAG or STAGE_TAG not in existing.data.tags
         }
     else:
-        all_tags = {RUN_NAME_TAG: name, "mlflow.runName": name}
+        from pipeline.tracking_context import context_tags
+
+        # What mlflow.start_run would tag (user, source, git commit); a nested run its parent's.
+        parent = get_run_or_none(parent_run_id, uri) if parent_run_id else None
+        all_tags = context_tags(parent and parent.data.tags) | {
+            RUN_NAME_TAG: name,
+            "mlflow.runName": name,
+        }
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
         run_id = mlflow_client.create_run(
@@ -282,9 +300,8 @@ def start_run(
         ).info.run_id
         run = Run(run_id, uri)
     run.set_tags(tags or {})
-    # MLflow refuses a param logged again with another value: a resumed run logs
-    # only what it lacks, and unfingerprinted ones (hardware, paths) keep their
-    # first value.
+    # MLflow refuses a param logged again with another value: a resumed run logs only
+    # what it lacks, and unfingerprinted ones (hardware, paths) keep their first value.
     run.log_params({k: v for k, v in params.items() if k not in logged})
     return run
 
@@ -367,7 +384,7 @@ def get_run_or_none(run_id: str, uri: str | None = None):
 
 
 # ---------------------------------------------------------------------------
-# Sweeps: nested runs and the model registry
+# Nested runs and registering models
 
 
 def child_runs(parent_run_id: str, uri: str | None = None) -> list:
@@ -388,16 +405,6 @@ def child_runs(parent_run_id: str, uri: str | None = None) -> list:
             return runs
 
 
-def model_version_by_alias(name: str, alias: str, uri: str | None = None):
-    """The version of registered model `name` that `alias` points at, or None."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client(uri).get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-
-
 def register_model(
     run_id: str,
     artifact_path: str,
@@ -407,8 +414,9 @@ def register_model(
     tags: Mapping[str, str] | None = None,
     uri: str | None = None,
 ):
-    """A new version of registered model `name` (created if missing) from the
-    model `run_id` logged as `artifact_path`; `alias` is moved to it."""
+    """The version of registered model `name` (created if missing) holding the
+    model `run_id` last logged as `artifact_path`: registered once, found again
+    when registered before (a rerun adds no version); `alias` is moved to it."""
     mlflow_client = client(uri)
     # MLflow 3 keeps logged models apart from run artifacts: register the
     # logged model itself (models:/<id>) rather than a runs:/ path.
@@ -420,10 +428,10 @@ def register_model(
     )
     if not logged:
         raise ValueError(f"run {run_id} logged no model named {artifact_path!r}")
-    version = mlflow.register_model(
-        f"models:/{logged[0].model_id}",
-        name,
-        tags={key: str(value) for key, value in (tags or {}).items()},
+    source = f"models:/{logged[0].model_id}"
+    versions = mlflow_client.search_model_versions(f"name = '{name}' AND run_id = '{run_id}'")
+    version = next((v for v in versions if v.source == source), None) or mlflow.register_model(
+        source, name, tags={key: str(value) for key, value in (tags or {}).items()}
     )
     if alias:
         mlflow_client.set_registered_model_alias(name, alias, version.version)

@@ -10,14 +10,16 @@ net on it (`worker`); the driver sums their error counts into the table
 
 The table is printed, written as Markdown, CSV and JSON to `output`, and
 logged to MLflow (artifacts under `evaluation/<name>/`, metrics named
-`eval/<protocol>/Q<scales>/top1_error`): on each net's own run for its rows,
-and the whole table on a new evaluation run when there is an ensemble, more
-than one net, a net with no run (a torchvision file), or a run name.
+`eval/<protocol>/Q<scales>/top1_error`, no run names in them): a net's rows
+on its own run only when they are its full evaluation on the validation split
+of its own training data (`own_rows`), and the whole table on an evaluation
+run, with the data as its dataset input, unless it is one net's own record
+and no run name was given. A quick `limit` check, other data or split, or an
+ensemble never changes the figures on a net's run.
 """
 
 from __future__ import annotations
 
-import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -240,8 +242,20 @@ def run_evaluation(
     return result
 
 
-def _metric_name(text: str) -> str:
-    return re.sub(r"[^\w.\- /]", "_", text)
+def _metrics(rows: Sequence[TableRow], nets: Sequence[EvaluatedModel]) -> dict[str, float]:
+    """The rows as `eval/<protocol>/Q<scales>/top1_error` (and top5): keys with
+    no run name, so one protocol compares across runs. Where several nets share
+    a table, their own rows are under `eval/net<i>/...` (i: the net's place in
+    `models`, from 1) and the ensemble's, the table's subject, keep the short key."""
+    labels = [net.label for net in nets]
+    metrics = {}
+    for row in rows:
+        prefix = row.metric_prefix()
+        if len(labels) > 1 and row.model in labels:
+            prefix = prefix.replace("eval/", f"eval/net{labels.index(row.model) + 1}/", 1)
+        metrics[f"{prefix}/top1_error"] = row.top1_error / 100
+        metrics[f"{prefix}/top5_error"] = row.top5_error / 100
+    return metrics
 
 
 def _log_rows(
@@ -249,39 +263,49 @@ def _log_rows(
     rows: Sequence[TableRow],
     result: EvaluationResult,
     config: EvaluateConfig,
-    *,
-    by_model: bool,
+    nets: Sequence[EvaluatedModel],
 ) -> None:
-    metrics = {}
-    for row in rows:
-        prefix = row.metric_prefix()
-        if by_model:
-            prefix = prefix.replace("eval/", f"eval/{_metric_name(row.model)}/", 1)
-        metrics[f"{prefix}/top1_error"] = row.top1_error / 100
-        metrics[f"{prefix}/top5_error"] = row.top5_error / 100
-    run.log_metrics_once(metrics, step=0)  # an evaluation run again logs nothing twice
+    run.log_metrics_once(_metrics(rows, nets), step=0)  # an evaluation again logs nothing twice
     with tempfile.TemporaryDirectory(prefix="vggpipe-evaluation-") as folder:
         files = write_tables(Path(folder), result, config, rows)
         for path in files.values():
             run.log_artifact(str(path), f"evaluation/{result.name}")
 
 
+def own_rows(model: EvaluatedModel, result: EvaluationResult, config: EvaluateConfig) -> list:
+    """The rows that are `model`'s own record, logged on its training run: those
+    of a full evaluation (no limit) of the validation split of the data it was
+    trained on, of the net alone. Anything else (other data or split, a limit,
+    an ensemble) is logged on the evaluation run only, so a quick check never
+    stands in for a net's figures."""
+    if (
+        model.run_id is None
+        or config.limit is not None
+        or config.split != "val"
+        or not model.data
+        or canonical_uri(model.data) != result.data
+    ):
+        return []
+    return [row for row in result.rows if row.run_id == model.run_id and row.model == model.label]
+
+
 def _log(result: EvaluationResult, config: EvaluateConfig, uri: str) -> None:
-    """Each net's rows on its own run; the whole table on an evaluation run when
-    there is an ensemble, several nets, a net without a run, or a run name."""
+    """Each net's own rows (`own_rows`) on its run; the whole table on an
+    evaluation run, unless the table is one net's own record and no run name
+    was given."""
     import dataclasses
 
     from pipeline import tracking
+    from pipeline.tracking_context import EVALUATION
 
+    owned = 0
     for model in result.models:
-        if model.run_id is None:
-            continue
-        own = [
-            row for row in result.rows if row.run_id == model.run_id and row.model == model.label
-        ]
-        _log_rows(tracking.Run(model.run_id, uri), own, result, config, by_model=False)
-        result.run_ids.append(model.run_id)
-    if len(result.models) == 1 and result.models[0].run_id is not None and not config.run_name:
+        rows = own_rows(model, result, config)
+        if rows:
+            _log_rows(tracking.Run(model.run_id, uri), rows, result, config, [model])
+            result.run_ids.append(model.run_id)
+            owned += len(rows)
+    if len(result.models) == 1 and owned == len(result.rows) and not config.run_name:
         return  # a named evaluation (a workflow's stage) gets its own run all the same
     run = tracking.start_run(
         result.name,
@@ -298,7 +322,8 @@ def _log(result: EvaluationResult, config: EvaluateConfig, uri: str) -> None:
     )
     try:
         run.log_text(config.to_json(), f"evaluation/{result.name}/config.json")
-        _log_rows(run, result.rows, result, config, by_model=True)
+        run.log_dataset(result.data, EVALUATION)
+        _log_rows(run, result.rows, result, config, result.models)
     except BaseException:
         run.end("FAILED")
         raise

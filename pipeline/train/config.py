@@ -5,6 +5,7 @@ marked with whether it changes what the net learns (`pipeline.config.option`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pipeline.config import ConfigError, Serialised, TrackingSection, option, require, require_name
@@ -17,6 +18,9 @@ DECODE_PLACES = ("cpu", "device")
 VAL_METRIC = "val_top1_error"
 BEST_MODEL = "best_model"
 FINAL_MODEL = "final_model"
+# A registered model name (no '/', '@', ':' or quotes: models:/ URIs and filters), then an
+# optional MLflow alias (letters, digits, '_' and '-', not "latest" or "v<n>").
+REGISTER_AS = re.compile(r"[^/@:'\"\s][^/@:'\"]*(@(?!(?i:latest)$|[vV]\d+$)[A-Za-z0-9_-]+)?")
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,9 @@ class TrainConfig(
     # Training loss, lr, images/s and data wait go to MLflow every this many
     # optimiser steps (rank 0's window since the last point), on the global step
     log_every_steps: int = option(20, fingerprint=False)
+    # Register the best model in the MLflow model registry when training ends:
+    # "name" or "name@alias" (the alias moved to it), e.g. "vgg-D@mine"
+    register_as: str | None = option(None, fingerprint=False)
 
     def __post_init__(self) -> None:
         require_name("run_name", self.run_name)
@@ -228,6 +235,12 @@ class TrainConfig(
         require(self.keep_checkpoints >= 1, "keep_checkpoints", ">= 1", self.keep_checkpoints)
         require(self.log_every_steps >= 1, "log_every_steps", ">= 1", self.log_every_steps)
         require(self.max_failures >= -1, "max_failures", ">= -1 (-1: unlimited)", self.max_failures)
+        require(
+            self.register_as is None or REGISTER_AS.fullmatch(self.register_as) is not None,
+            "register_as",
+            "a model name, or name@alias with an alias of letters, digits, _ and -",
+            self.register_as,
+        )
 
     @property
     def batch_size_per_worker(self) -> int:
@@ -236,6 +249,14 @@ class TrainConfig(
     @property
     def name(self) -> str:
         return self.run_name or self.recipe
+
+    @property
+    def registered_model(self) -> tuple[str, str | None] | None:
+        """`register_as` as (model name, alias or None); None when unset."""
+        if not self.register_as:
+            return None
+        name, _, alias = self.register_as.partition("@")
+        return name, alias or None
 
 
 __all__ = [

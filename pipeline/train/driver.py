@@ -1,8 +1,10 @@
 """The training stage's driver: `train(config)` checks the config and the
 dataset, opens the MLflow run, starts a `TorchTrainer` over
-`pipeline.train.loop.train_loop_per_worker` and, when it finishes, logs the
-best and final models. Running the same run name again (same `storage_path`)
-resumes the same Ray Train run and the same MLflow run.
+`pipeline.train.loop.train_loop_per_worker` (with MLflow's system metrics on
+rank 0) and, when it finishes, logs the best and final models, the training
+curves, and registers the best model when `register_as` asks. Running the same
+run name again (same `storage_path`) resumes the same Ray Train run and the
+same MLflow run.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from dataclasses import dataclass
 
 from pyarrow.fs import FileType
 
-from pipeline import checkpoints, cluster, tracking
+from pipeline import checkpoints, cluster, tracking, tracking_context
 from pipeline.config import ConfigError
 from pipeline.lease import RunLease
 from pipeline.shards import ShardStore, canonical_uri, require_folder, resolve_filesystem
 from pipeline.train.config import BEST_MODEL, FINAL_MODEL, VAL_METRIC, TrainConfig
-from pipeline.train.loop import train_loop_per_worker
+from pipeline.train.curves import log_training_curves
+from pipeline.train.loop import train_loop_with_system_metrics
 from pipeline.train.progress import (
     POLL_SECONDS,
     ConsoleProgress,
@@ -42,6 +45,7 @@ class TrainResult:
     best_checkpoint: str | None
     final_checkpoint: str | None
     epochs_run: int
+    registered: str | None = None  # "name version n (alias a)" when register_as is set
 
 
 # ---------------------------------------------------------------------------
@@ -169,13 +173,16 @@ def _train_checked(checked: _Checked, address: str | None, callbacks: list | Non
     )
     try:
         run.log_text(config.to_json(), "config.json")
+        run.log_dataset(config.data, tracking_context.TRAINING)
         if recorded is not None:
             # The same settings ran to the end before: nothing to train, no Ray to start.
+            # register_as changes no result: a rerun may add it to a finished run
+            recorded.registered = register_best_model(run, config)
             run.end("FINISHED")
             return recorded
 
         trainer = TorchTrainer(
-            train_loop_per_worker,
+            train_loop_with_system_metrics,
             train_loop_config={
                 "config": config.to_dict(),
                 "num_classes": checked.num_classes,
@@ -329,6 +336,7 @@ def _finish(run: tracking.Run, config: TrainConfig, result) -> TrainResult:
             step = int(checkpoint_metrics.get("global_step", 0))
             run.log_model(checkpoints.load(checkpoint.path).model, name, step=step)
         run.set_tags({MODELS_LOGGED_TAG: final.path})
+    log_training_curves(run, title=f"{config.name} (VGG {config.config})")
 
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
     return TrainResult(
@@ -338,7 +346,23 @@ def _finish(run: tracking.Run, config: TrainConfig, result) -> TrainResult:
         best_checkpoint=best[0].path if best else None,
         final_checkpoint=final.path if final else None,
         epochs_run=int(metrics.get("epoch", -1)) + 1,
+        registered=register_best_model(run, config),
     )
+
+
+def register_best_model(run: tracking.Run, config: TrainConfig) -> str | None:
+    """Register the run's best model (its final one when no checkpoint was
+    scored) as `config.register_as` says; what was registered, or None.
+    Registered once: a rerun finds the version it made."""
+    if config.registered_model is None:
+        return None
+    name, alias = config.registered_model
+    tags = run.get().data.tags
+    if MODELS_LOGGED_TAG not in tags:
+        return None  # training never reached a checkpoint: no model to register
+    model = BEST_MODEL if tags.get(tracking.BEST_CHECKPOINT_TAG) else FINAL_MODEL
+    version = tracking.register_model(run.run_id, model, name, alias=alias, uri=run.uri)
+    return f"{name} version {version.version}" + (f" (alias {alias})" if alias else "")
 
 
 def summary_lines(result: TrainResult, uri: str) -> list[str]:
@@ -353,6 +377,8 @@ def summary_lines(result: TrainResult, uri: str) -> list[str]:
         f"  best checkpoint  {result.best_checkpoint}",
         f"  final checkpoint {result.final_checkpoint}",
     ]
+    if result.registered:
+        lines.append(f"  registered model {result.registered}")
     if uri.startswith("sqlite:///"):
         lines.append(f"Browse: mlflow ui --backend-store-uri {uri}")
     return lines

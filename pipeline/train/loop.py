@@ -352,3 +352,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
+
+
+def train_loop_with_system_metrics(loop_config: dict[str, Any]) -> None:
+    """`train_loop_per_worker`, with MLflow's system metrics (CPU, memory, GPU
+    where pynvml is installed) of rank 0's node logged to the run throughout."""
+    import ray.train
+
+    from pipeline import tracking
+
+    run = tracking.Run(loop_config["run_id"], loop_config["tracking_uri"])
+    rank = ray.train.get_context().get_world_rank()
+    with run.system_metrics() if rank == 0 else nullcontext():
+        train_loop_per_worker(loop_config)

@@ -197,6 +197,12 @@ class TuneConfig(Serialised):
             "a non-empty name that is not a version number",
             self.alias,
         )
+        require(
+            self.train.register_as is None,
+            "register_as",
+            "unset in a sweep (it registers its best trial as registered_model@alias)",
+            self.train.register_as,
+        )
 
     @property
     def model_name(self) -> str:

@@ -181,27 +181,23 @@ def register_champion(
     config: TuneConfig, parent: tracking.Run, best: TrialSummary | None
 ) -> str | None:
     """Register the best trial's best model and point the alias at it; a sweep
-    finished again finds the alias already on this run's model and adds nothing."""
+    finished again finds the version already registered and adds none."""
     if best is None or best.run_id is None:
         return None
-    current = tracking.model_version_by_alias(config.model_name, config.alias, parent.uri)
-    if current is not None and current.run_id == best.run_id:
-        version = current.version
-    else:
-        version = tracking.register_model(
-            best.run_id,
-            BEST_MODEL,
-            config.model_name,
-            alias=config.alias,
-            tags={
-                SWEEP_TAG: config.name,
-                "vggpipe.tune.parent_run_id": parent.run_id,
-                "lr": f"{best.lr:.3g}",
-                "train_scale": train_scale_label(best.scale),
-                VAL_METRIC: f"{best.val_top1_error:.4f}",
-            },
-            uri=parent.uri,
-        ).version
+    version = tracking.register_model(
+        best.run_id,
+        BEST_MODEL,
+        config.model_name,
+        alias=config.alias,
+        tags={
+            SWEEP_TAG: config.name,
+            "vggpipe.tune.parent_run_id": parent.run_id,
+            "lr": f"{best.lr:.3g}",
+            "train_scale": train_scale_label(best.scale),
+            VAL_METRIC: f"{best.val_top1_error:.4f}",
+        },
+        uri=parent.uri,
+    ).version
     parent.set_tags(
         {
             "vggpipe.tune.registered_model": config.model_name,

@@ -17,7 +17,15 @@ import lazy_loader
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
-        "driver": ["run", "plan", "summary_lines", "workflow_name", "WorkflowResult"],
+        "driver": [
+            "run",
+            "plan",
+            "summary_lines",
+            "workflow_name",
+            "WorkflowResult",
+            "net_alias",
+            "register_nets",
+        ],
         "scheduler": ["StageOutcome", "finished_stage"],
         "graph": ["Net", "nets", "train_config"],
         "tables": ["combined_tables"],

@@ -18,12 +18,17 @@ tagged on a finished run (with its outputs logged) is not run again, so running
 the same command again reuses what finished and, after a crash, resumes: an
 unfinished training run continues from its last checkpoint because its run
 name (stage name plus fingerprint) is the same.
+
+Each finished net's best model is registered as `vgg-<config>` (vgg-D ...)
+under an alias naming the workflow and the net (`register_nets`), so
+`models:/vgg-D@<workflow>-D-256` loads the net that workflow trained.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +41,7 @@ from pipeline.errors import NotFoundError
 from pipeline.preprocess.config import PreprocessConfig
 from pipeline.recipes import workflow_recipe
 from pipeline.shards import ShardStore, canonical_uri, require_folder
+from pipeline.train.config import BEST_MODEL
 from pipeline.workflow.config import WorkflowConfig
 from pipeline.workflow.graph import evaluate_settings, nets, train_config
 from pipeline.workflow.scheduler import Scheduler, StageOutcome, clock
@@ -133,6 +139,8 @@ class WorkflowResult:
     tables: str
     seconds: float
     outputs: dict[str, dict] = field(default_factory=dict)
+    # net key -> "models:/vgg-<config>@<alias> (version n)"
+    registered: dict[str, str] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[StageOutcome]:
@@ -179,6 +187,9 @@ def run(
         context = StageContext(canonical_uri(config.work_dir), config.experiment, parent)
         scheduler = Scheduler(stages, context, echo, address)
         scheduler.run()
+        registered = register_nets(stages, scheduler.outputs, name, uri)
+        for key, version in registered.items():
+            echo(f"  registered {key} as {version}")
     except BaseException as exc:
         parent.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
@@ -191,6 +202,7 @@ def run(
         tables=scheduler.outputs.get("tables", {}).get("markdown", ""),
         seconds=time.perf_counter() - started,
         outputs=scheduler.outputs,
+        registered=registered,
     )
     parent.log_metrics(
         {
@@ -203,6 +215,34 @@ def run(
     )
     parent.end("FAILED" if result.failed else "FINISHED")
     return result
+
+
+def net_alias(workflow: str, net: str) -> str:
+    """The registry alias of workflow `workflow`'s net `net` (its graph key):
+    both names, in the letters, digits, '_' and '-' that aliases allow. A
+    workflow trains several nets of one config, so the net is in it too."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", f"{workflow}-{net}")[:255]
+
+
+def register_nets(stages: list[Stage], outputs: dict, workflow: str, uri: str) -> dict[str, str]:
+    """Each finished net's best model as a version of `vgg-<config>` (e.g.
+    vgg-D), with the alias `net_alias` gives: registered once, so a workflow
+    run again (or one that reuses the net) adds no version, only its alias."""
+    registered = {}
+    for stage in stages:
+        if not isinstance(stage, TrainStage) or stage.key not in outputs:
+            continue
+        name, alias = f"vgg-{stage.config.config}", net_alias(workflow, stage.net.key)
+        version = tracking.register_model(
+            outputs[stage.key]["run_id"],
+            BEST_MODEL,
+            name,
+            alias=alias,
+            tags={"vggpipe.workflow": workflow, "vggpipe.net": stage.net.key},
+            uri=uri,
+        )
+        registered[stage.net.key] = f"models:/{name}@{alias} (version {version.version})"
+    return registered
 
 
 def summary_lines(result: WorkflowResult) -> list[str]:
@@ -230,4 +270,12 @@ def summary_lines(result: WorkflowResult) -> list[str]:
     return lines
 
 
-__all__ = ["WorkflowResult", "plan", "run", "summary_lines", "workflow_name"]
+__all__ = [
+    "WorkflowResult",
+    "net_alias",
+    "plan",
+    "register_nets",
+    "run",
+    "summary_lines",
+    "workflow_name",
+]

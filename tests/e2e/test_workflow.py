@@ -18,7 +18,7 @@ import pytest
 from pipeline import tracking
 from pipeline.demo_data import make_demo_data
 from pipeline.recipes import workflow_recipe
-from pipeline.workflow import plan, workflow_name
+from pipeline.workflow import net_alias, plan, workflow_name
 from pipeline.workflow.scheduler import DONE_TAG, FINGERPRINT_TAG, STAGE_KEY_TAG
 from tests.ray_head import clean_env
 
@@ -180,6 +180,13 @@ def test_stages_nest_under_one_parent_run_on_the_tracking_server(smoke, killed_t
     # The evaluation tables went to each evaluation stage's run as well.
     evaluation = _stage_runs(uri)["evaluate/B-36"][0]
     assert evaluation.data.metrics  # eval/<protocol>/Q<scales>/top1_error ...
+    # Each net registered once as vgg-<config>, its alias naming the workflow
+    # and the net, though the workflow ran twice (killed, then resumed).
+    client, name = tracking.client(uri), workflow_name(smoke["config"])
+    for net, config in (("A-36", "A"), ("B-36", "B"), ("A-44", "A")):
+        version = client.get_model_version_by_alias(f"vgg-{config}", net_alias(name, net))
+        assert version.run_id == _stage_runs(uri)[f"train/{net}"][0].info.run_id
+    assert len(client.search_model_versions("name = 'vgg-A'")) == 2
 
 
 def test_running_again_as_a_ray_job_reuses_every_stage(smoke, killed_then_resumed, ray_head):

@@ -106,29 +106,33 @@ def test_every_protocol_and_an_ensemble_give_a_full_table_files_and_mlflow(demo_
     document = json.loads(files["json"].read_text())
     assert len(document["rows"]) == len(rows) and document["images"] == 40
 
-    # Each net's rows on its own run; the whole table on the evaluation run.
-    metrics = tracking.get_run(first["run_id"], uri).data.metrics
-    dense_single = next(
-        r
-        for r in rows
-        if r.model == "eval-demo-0" and r.protocol == "dense" and r.test_scales == "36"
-    )
-    assert metrics["eval/dense/Q36/top1_error"] == pytest.approx(dense_single.top1_error / 100)
-    assert "eval/dense_and_multi-crop/Q32-36-68/top5_error" in metrics
-    tables = {"table.md", "table.csv", "table.json"}
+    # A limited evaluation and an ensemble: the whole table on the evaluation
+    # run, under keys without run names; nothing on the nets' own runs.
     for run_id in (first["run_id"], second["run_id"]):
-        assert _artifacts(run_id, f"evaluation/{result.name}", uri) == tables
+        assert not any(k.startswith("eval/") for k in tracking.get_run(run_id, uri).data.metrics)
+        assert _artifacts(run_id, f"evaluation/{result.name}", uri) == set()
     evaluation = tracking.get_run(result.evaluation_run_id, uri)
     assert evaluation.data.tags[tracking.STAGE_TAG] == "evaluate"
     assert evaluation.info.status == "FINISHED"
+    tables = {"table.md", "table.csv", "table.json"}
     assert _artifacts(result.evaluation_run_id, f"evaluation/{result.name}", uri) == tables | {
         "config.json"
     }
-    ensemble_metric = "eval/eval-demo-0 _ eval-demo-1/dense_and_multi-crop/Q36/top1_error"
-    assert ensemble_metric in evaluation.data.metrics
-    assert sorted(result.run_ids) == sorted(
-        [first["run_id"], second["run_id"], result.evaluation_run_id]
-    )
+    metrics = evaluation.data.metrics
+    dense_single = {
+        r.model: r.top1_error / 100 for r in rows if r.protocol == "dense" and r.test_scales == "36"
+    }
+    assert metrics["eval/net1/dense/Q36/top1_error"] == pytest.approx(dense_single[labels[0]])
+    assert metrics["eval/net2/dense/Q36/top1_error"] == pytest.approx(dense_single[labels[1]])
+    assert metrics["eval/dense/Q36/top1_error"] == pytest.approx(dense_single[labels[2]])
+    assert "eval/dense_and_multi-crop/Q32-36-68/top5_error" in metrics
+    assert result.run_ids == [result.evaluation_run_id]
+    # The evaluated data as MLflow's dataset input, digest from its manifest.
+    (dataset_input,) = evaluation.inputs.dataset_inputs
+    sha256 = ShardStore(demo_nets["data"]).manifest_sha256()
+    assert sha256.startswith(dataset_input.dataset.digest)
+    assert {(t.key, t.value) for t in dataset_input.tags} == {("mlflow.data.context", "evaluation")}
+    assert json.loads(dataset_input.dataset.profile)["manifest_sha256"] == sha256
 
 
 def _worker_shares(data: str, workers: int, limit: int) -> list[tuple[str, bytes, int]]:
@@ -261,7 +265,9 @@ def test_a_torchvision_state_dict_is_evaluated_through_interop(demo_nets, shards
     )
 
 
-def test_a_registered_model_is_evaluated_on_its_run(demo_nets, tmp_path):
+def test_a_registered_model_is_evaluated_on_its_run_and_a_quick_check_leaves_it_so(
+    demo_nets, tmp_path
+):
     uri = demo_nets["uri"]
     config = demo_nets["nets"][1]["config"]
     model = checkpoints.load(demo_nets["nets"][1]["checkpoint"]).model
@@ -274,25 +280,40 @@ def test_a_registered_model_is_evaluated_on_its_run(demo_nets, tmp_path):
     assert (loaded.label, loaded.run_id, loaded.train_scale) == ("eval-demo/v1", run_id, (36, 36))
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
 
-    result = evaluate(
-        "models:/eval-demo/1",
-        data=demo_nets["data"],
-        protocols=("centre",),
-        scales=("single",),
-        limit=16,
-        output=str(tmp_path),
-        tracking_uri=uri,
-        **SMALL,
-    )
-    (row,) = result.rows
-    assert (row.model, row.train_scale, row.test_scales, row.images) == (
-        "eval-demo/v1",
-        "36",
-        "36",
-        16,
-    )
-    assert result.run_ids == [run_id]
-    assert "eval/centre/Q36/top1_error" in tracking.get_run(run_id, uri).data.metrics
+    def centre(**settings):
+        return evaluate(
+            "models:/eval-demo/1",
+            protocols=("centre",),
+            scales=("single",),
+            output=str(tmp_path / str(settings)),
+            tracking_uri=uri,
+            **SMALL | settings,
+        )
+
+    # The full evaluation of its own validation split (its training data by
+    # default) is the net's record, on its run alone.
+    full = centre()
+    (row,) = full.rows
+    assert (row.model, row.train_scale, row.test_scales) == ("eval-demo/v1", "36", "36")
+    assert row.images == ShardStore(demo_nets["data"]).manifest().splits["val"].rows
+    assert full.run_ids == [run_id] and full.evaluation_run_id is None
+    key = "eval/centre/Q36/top1_error"
+
+    def history():
+        points = tracking.client(uri).get_metric_history(run_id, key)
+        return [(m.step, m.value, m.timestamp) for m in points]
+
+    recorded = history()
+    assert [point[:2] for point in recorded] == [(0, pytest.approx(row.top1_error / 100))]
+
+    # A quick check on three images goes on an evaluation run of its own and
+    # leaves the net's figures as they were.
+    quick = centre(limit=3)
+    assert quick.rows[0].images == 3
+    assert quick.run_ids == [quick.evaluation_run_id]
+    assert history() == recorded
+    evaluation = tracking.get_run(quick.evaluation_run_id, uri).data.metrics
+    assert evaluation[key] == pytest.approx(quick.rows[0].top1_error / 100)
 
 
 def test_cli_prints_the_table_and_fails_in_one_line(demo_nets, tmp_path, capsys):

@@ -9,10 +9,13 @@ import json
 import os
 import re
 import signal
+import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
 
+import matplotlib.image
 import mlflow
 import psutil
 import pytest
@@ -22,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from pipeline import checkpoints, cli, tracking
 from pipeline.config import flat_params
 from pipeline.recipes import recipe
+from pipeline.shards import ShardStore
 from pipeline.train import train
 from pipeline.train.config import TrainConfig
 from tests.commands import vggpipe
@@ -46,6 +50,15 @@ def _config(demo_shards, store, name, *overrides):
             *overrides,
         ],
     )
+
+
+def _assert_context_tags(tags: dict[str, str]) -> None:
+    """The tags mlflow.start_run would have set: user, source, the code's git commit."""
+    assert tags["mlflow.user"] and tags["mlflow.source.name"]
+    assert tags["mlflow.source.type"] == "LOCAL"
+    repo = Path(__file__).resolve().parents[2]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
+    assert tags.get("mlflow.source.git.commit") == (head.stdout.strip() or None)
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +116,30 @@ def test_smoke_run_is_recorded_in_mlflow(smoke_run, store):
         history = client.get_metric_history(result.run_id, metric)
         assert sorted(m.step for m in history) == epoch_ends, metric
     assert run.data.tags[tracking.RECIPE_TAG] == "smoke"
-    assert len(run.data.tags[tracking.DATASET_TAG]) == 64
+    sha256 = run.data.tags[tracking.DATASET_TAG]
+    assert sha256 == ShardStore(config.data).manifest_sha256()
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert "config.json" in artifacts
+    _assert_context_tags(run.data.tags)
+    # The prepared dataset as MLflow's dataset input: its digest is the
+    # manifest's sha256 (as much of it as MLflow keeps), its profile the manifest's.
+    (dataset_input,) = run.inputs.dataset_inputs
+    dataset = dataset_input.dataset
+    assert len(dataset.digest) >= 32 and sha256.startswith(dataset.digest)
+    assert json.loads(dataset.source) == {"uri": config.data}
+    profile = json.loads(dataset.profile)
+    assert profile["manifest_sha256"] == sha256 and profile["classes"] == 10
+    assert profile["images"]["val"] > 0 and profile["max_short_side"] == 128
+    assert {(t.key, t.value) for t in dataset_input.tags} == {("mlflow.data.context", "training")}
+    # System metrics of the training node, sampled by rank 0 (MLflow's monitor).
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
+        run.data.metrics
+    )
+    # The training curves, drawn from the metric history.
+    with tempfile.TemporaryDirectory() as folder:
+        png = client.download_artifacts(result.run_id, "plots/training_curves.png", folder)
+        height, width, _ = matplotlib.image.imread(png).shape
+    assert width > 2 * height > 300
     logged_config = mlflow.artifacts.load_text(f"runs:/{result.run_id}/config.json")
     assert json.loads(logged_config) == config.to_dict()
 
@@ -241,6 +275,10 @@ def test_killed_worker_resumes_from_its_checkpoint_with_the_same_result(
     assert (
         sorted(m.step for m in client.get_metric_history(interrupted.run_id, "epoch")) == epoch_ends
     )
+    # One dataset input, and system metrics continued on one step axis.
+    assert len(client.get_run(interrupted.run_id).inputs.dataset_inputs) == 1
+    cpu = client.get_metric_history(interrupted.run_id, "system/cpu_utilization_percentage")
+    assert len({m.step for m in cpu}) == len(cpu) > 0
 
     resumed_weights = checkpoints.load(interrupted.final_checkpoint).model.state_dict()
     straight_weights = checkpoints.load(straight.final_checkpoint).model.state_dict()
@@ -251,8 +289,11 @@ def test_killed_worker_resumes_from_its_checkpoint_with_the_same_result(
 def test_rerunning_a_finished_run_name_resumes_it(smoke_run, store):
     config, first = smoke_run
     # Other hardware settings are the same run: nothing is trained again, and
-    # the result is what the finished run recorded.
-    again = train(dataclasses.replace(config, data_cpus_per_task=0.5))
+    # the result is what the finished run recorded. Registering changes no result
+    # either: the finished run's best model is registered, once however often asked.
+    config = dataclasses.replace(config, data_cpus_per_task=0.5, register_as="smoke-a-net@rerun")
+    again = train(config)
+    assert train(config).registered == again.registered == "smoke-a-net version 1 (alias rerun)"
     assert again.run_id == first.run_id
     assert again.final_checkpoint == first.final_checkpoint
     assert again.epochs_run == first.epochs_run == 2
@@ -261,6 +302,12 @@ def test_rerunning_a_finished_run_name_resumes_it(smoke_run, store):
     assert client.get_run(first.run_id).info.status == "FINISHED"
     history = client.get_metric_history(first.run_id, "epoch")
     assert sorted(m.step for m in history) == [4, 8]
+    version = client.get_model_version_by_alias("smoke-a-net", "rerun")
+    assert (str(version.version), version.run_id) == ("1", first.run_id)
+    assert len(client.search_model_versions("name = 'smoke-a-net'")) == 1
+    net = tracking.load_logged_net("models:/smoke-a-net@rerun", store["uri"])
+    expected = checkpoints.load(first.best_checkpoint).model
+    assert all(torch.equal(v, expected.state_dict()[k]) for k, v in net.state_dict().items())
 
 
 def test_a_scale_the_shards_cannot_serve_is_refused_in_one_line_before_ray(demo_shards, tmp_path):

@@ -51,3 +51,15 @@ def test_a_failed_stage_blocks_what_needs_it_and_fails_the_parent(
         outcomes["preprocess"].run_id,
         failed.run_id,
     }
+    # Stage runs (made in Ray tasks) carry the source, user and commit of the
+    # command that started the workflow, as its parent run does.
+    parent_tags = tracking.get_run(result.parent_run_id, uri).data.tags
+    context = {
+        k: v for k, v in parent_tags.items() if k.startswith(("mlflow.source.", "mlflow.user"))
+    }
+    assert {"mlflow.user", "mlflow.source.name", "mlflow.source.type"} <= set(context)
+    for child in children:
+        assert context.items() <= child.data.tags.items()
+    # No net finished: none is registered.
+    assert result.registered == {}
+    assert tracking.client(uri).search_registered_models() == []

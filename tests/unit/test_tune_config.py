@@ -80,6 +80,7 @@ def test_overrides_reach_sweep_fields_grids_and_the_base_training_config():
         (["max_concurrent_trials=0"], "max_concurrent_trials"),
         (["name=a/b"], "name"),
         (["alias=3"], "alias"),
+        (["register_as=vgg-A"], "register_as"),  # the sweep registers its own champion
         (["trial_driver_cpus=0"], "trial_driver_cpus"),
     ],
 )

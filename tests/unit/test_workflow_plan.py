@@ -234,3 +234,16 @@ def test_combined_tables_put_the_net_from_a_beside_the_same_net_from_random():
     assert "Several test scales" in tables and "Dense against multi-crop" in tables
     assert "multi-crop | 2.00" not in tables  # no row was invented
     assert "| A-36 + D-36 |" in tables and "4.50" in tables
+
+
+def test_registry_names_are_what_mlflow_accepts():
+    from pipeline.train.config import TrainConfig
+    from pipeline.workflow import net_alias
+
+    alias = net_alias("paper run.v2", "D-256:512")
+    assert alias == "paper_run_v2-D-256_512"
+    assert TrainConfig(register_as=f"vgg-D@{alias}").registered_model == ("vgg-D", alias)
+    assert TrainConfig(register_as="vgg-D").registered_model == ("vgg-D", None)
+    for bad in ("vgg-D@latest", "vgg-D@v2", "vgg/D", "vgg-D@my alias", "vgg-D@"):
+        with pytest.raises(ConfigError, match="register_as"):
+            TrainConfig(register_as=bad)
