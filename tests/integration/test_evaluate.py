@@ -21,7 +21,7 @@ from pipeline.evaluation import evaluate, load_model
 from pipeline.ingest import pixel_statistics, record_batch_pieces
 from pipeline.recipes import recipe
 from pipeline.shards import ShardStore
-from vgg import to_fully_convolutional
+from vgg import to_fully_convolutional, whole_window_region
 from vgg.evaluation import crop_posteriors, dense_posteriors
 from vgg.transforms import decode_rescaled, multi_crop, to_model_input
 
@@ -171,7 +171,9 @@ def _in_process_top5(checkpoint: str, data: str, rows, scale: int) -> dict[str, 
             centre = crop_posteriors(
                 model, as_input(image[None, top : top + crop, left : left + crop])[None]
             )
-            whole = dense_posteriors(dense, as_input(image[None]))
+            # Dense sees the region its score windows tile exactly, centred.
+            y, x, height, width = whole_window_region(*image.shape[:2], crop)
+            whole = dense_posteriors(dense, as_input(image[None, y : y + height, x : x + width]))
             grid = crop_posteriors(model, as_input(multi_crop(image, crop))[None])
         for protocol, posteriors in zip(
             PROTOCOLS, (centre, whole, grid, (whole + grid) / 2), strict=True
