@@ -118,7 +118,10 @@ def ours(
 
 
 def _warm_up() -> None:
-    # Imports torch and simplejpeg in the worker before the clock starts.
+    # Imports what the listing and shard tasks use (torch, simplejpeg, pyarrow's
+    # filesystems) in the worker before the clock starts.
+    import pipeline.preprocess.shard  # noqa: F401
+
     resize_array(np.zeros((48, 64, 3), np.uint8), (32, 24))
     simplejpeg.encode_jpeg(np.zeros((8, 8, 3), np.uint8))
     time.sleep(0.5)
