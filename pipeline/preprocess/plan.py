@@ -111,23 +111,29 @@ def make_plan(
     shard_counts: dict[str, int] = {}
     # Arrow's compute kernels, not Python loops: ImageNet's 1.33 million rows
     # are planned in seconds (benchmarks/scale.py).
+    # The index arithmetic runs on the key and wnid columns alone, and the
+    # split's rows are gathered once, in their final order.
     for split_number, split in enumerate(SPLITS):
-        rows = listing.filter(pc.equal(listing["split"], split))
+        in_split = pc.indices_nonzero(pc.equal(listing["split"], split))
+        keys = listing["key"].take(in_split).combine_chunks()
         # Sorting first makes the order depend on the seed alone, not on the
         # order in which the filesystem or the tar listed the files.
-        rows = rows.take(pc.sort_indices(rows, [("key", "ascending")])).combine_chunks()
-        keys = rows["key"].chunk(0) if rows.num_rows else pa.array([], pa.string())
-        repeated = pc.equal(keys[1:], keys[:-1]) if len(keys) > 1 else pa.array([], pa.bool_())
-        duplicates = pc.unique(keys[1:].filter(repeated)).to_pylist() if len(keys) > 1 else []
-        if duplicates:
-            raise SourceError(
-                f"{len(duplicates)} file names occur twice in {split} "
-                f"(e.g. {', '.join(duplicates[:3])}); keys must be unique"
-            )
-        labels = pc.index_in(rows["wnid"], value_set=training_classes)
+        by_key = pc.sort_indices(keys)
+        keys = keys.take(by_key)
+        if len(keys) > 1:
+            repeated = pc.equal(keys[1:], keys[:-1])
+            duplicates = pc.unique(keys[1:].filter(repeated)).to_pylist()
+            if duplicates:
+                raise SourceError(
+                    f"{len(duplicates)} file names occur twice in {split} "
+                    f"(e.g. {', '.join(duplicates[:3])}); keys must be unique"
+                )
+        ordered = in_split.take(by_key)  # listing positions, sorted by key
+        wnids = listing["wnid"].take(ordered)
+        labels = pc.index_in(wnids, value_set=training_classes)
         unlabelled = pc.is_null(labels)
         for key, wnid in zip(
-            *(rows[name].filter(unlabelled).to_pylist() for name in ("key", "wnid")), strict=True
+            keys.filter(unlabelled).to_pylist(), wnids.filter(unlabelled).to_pylist(), strict=True
         ):
             reason = (
                 f"label {wnid} is not a training class"
@@ -136,9 +142,12 @@ def make_plan(
             )
             rejected.append(Rejection(split, key, reason))
         usable = pc.invert(unlabelled)
-        rows = rows.filter(usable).append_column("label", labels.filter(usable).cast(pa.int32()))
+        ordered, labels = ordered.filter(usable), labels.filter(usable)
         rng = np.random.default_rng([config.seed, split_number])
-        rows = rows.take(rng.permutation(rows.num_rows))
+        shuffled = pa.array(rng.permutation(len(ordered)))
+        rows = listing.take(ordered.take(shuffled)).append_column(
+            "label", labels.take(shuffled).cast(pa.int32())
+        )
         count = math.ceil(rows.num_rows / config.shard_rows)
         # Even shards: the shard of row r is floor(r * count / n).
         shard = (np.arange(rows.num_rows) * count) // max(rows.num_rows, 1)
