@@ -195,7 +195,7 @@ def stage_times(images: list[bytes], max_short_side: int) -> list[tuple[str, flo
             _timed(lambda i: pillows[i].resize(targets[i], Image.Resampling.BILINEAR), n),
         ),
         (
-            "resize, torchvision bicubic uint8 (ours)",
+            "resize, torch bicubic uint8 (ours)",
             _timed(lambda i: resize_array(decoded[i], targets[i]), n),
         ),
         (

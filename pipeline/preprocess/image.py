@@ -3,8 +3,8 @@ keep the original bytes when they are already an RGB JPEG small enough.
 
 Colour and greyscale JPEGs (all but a few dozen of ILSVRC's 1.33 million) go
 through libjpeg-turbo's TurboJPEG API (simplejpeg): a full decode, or a
-DCT-domain one at 1/2, 1/4 or 1/8 when the shrink allows, torchvision's
-antialiased bicubic resize and a 4:2:0 encode: Pillow's own defaults (its
+DCT-domain one at 1/2, 1/4 or 1/8 when the shrink allows, torch's
+antialiased bicubic resize (torch's uint8 kernel) and a 4:2:0 encode: Pillow's own defaults (its
 resize filter, its subsampling at quality 90), about twice as fast. Other
 images (CMYK, PNG, ...) and anything TurboJPEG refuses take Pillow's path,
 which also words the reason an image is rejected.
@@ -179,21 +179,22 @@ def resize_array(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     The filter of Pillow's default resize (bicubic, widened when shrinking),
     so the stored images match what a Pillow script would store (PSNR in
-    `benchmarks/preprocess.py`); torchvision's vectorised uint8 kernel costs
+    `benchmarks/preprocess.py`); torch's vectorised uint8 kernel costs
     a quarter of Pillow's on real photos.
     """
     import torch
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as tvf
+    import torch.nn.functional
 
     with warnings.catch_warnings():
         # torch warns that the array is read-only; the resize only reads it.
         warnings.simplefilter("ignore", UserWarning)
-        tensor = torch.from_numpy(pixels).permute(2, 0, 1)
-    resized = tvf.resize(
-        tensor, [size[1], size[0]], interpolation=InterpolationMode.BICUBIC, antialias=True
+        tensor = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+    # torch's own call (torchvision's resize wraps it, identically, at a tenth
+    # more per image): the uint8 channels-last input takes the vectorised kernel.
+    resized = torch.nn.functional.interpolate(
+        tensor, size=(size[1], size[0]), mode="bicubic", antialias=True
     )
-    return resized.permute(1, 2, 0).contiguous().numpy()
+    return resized[0].permute(1, 2, 0).contiguous().numpy()
 
 
 def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
