@@ -4,7 +4,7 @@ keep the original bytes when they are already an RGB JPEG small enough.
 Colour and greyscale JPEGs (all but a few dozen of ILSVRC's 1.33 million) go
 through libjpeg-turbo's TurboJPEG API (simplejpeg): a full decode, or a
 DCT-domain one at 1/2, 1/4 or 1/8 when the shrink allows, torch's
-antialiased bicubic resize (torch's uint8 kernel) and a 4:2:0 encode: Pillow's own defaults (its
+antialiased bicubic resize and a 4:2:0 encode: Pillow's own defaults (its
 resize filter, its subsampling at quality 90), about twice as fast. Other
 images (CMYK, PNG, ...) and anything TurboJPEG refuses take Pillow's path,
 which also words the reason an image is rejected.
