@@ -183,18 +183,25 @@ def resize_array(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     a quarter of Pillow's on real photos.
     """
     import torch
-    import torch.nn.functional
 
     with warnings.catch_warnings():
         # torch warns that the array is read-only; the resize only reads it.
         warnings.simplefilter("ignore", UserWarning)
         tensor = torch.from_numpy(pixels).permute(2, 0, 1)[None]
-    # torch's own call (torchvision's resize wraps it, identically, at a tenth
-    # more per image): the uint8 channels-last input takes the vectorised kernel.
-    resized = torch.nn.functional.interpolate(
-        tensor, size=(size[1], size[0]), mode="bicubic", antialias=True
+    resized = np.empty((size[1], size[0], 3), np.uint8)
+    # The kernel behind torch.nn.functional.interpolate(mode="bicubic",
+    # antialias=True), the same pixels, writing straight into an (H, W, 3)
+    # array: interpolate returns channels-first, and turning that back costs
+    # as much again as the resize (measured: 0.34 ms against 0.65 ms).
+    torch.ops.aten._upsample_bicubic2d_aa.out(
+        tensor,
+        [size[1], size[0]],
+        False,
+        None,
+        None,
+        out=torch.from_numpy(resized).permute(2, 0, 1)[None],
     )
-    return resized[0].permute(1, 2, 0).contiguous().numpy()
+    return resized
 
 
 def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
