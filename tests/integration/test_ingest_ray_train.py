@@ -167,3 +167,14 @@ def test_an_epoch_started_early_gives_the_batches_it_would_have_given(demo_shard
     assert ingest._EpochPrefetch._pending is None
     assert first == keys(0, start_next_epoch=False)
     assert early == keys(1, start_next_epoch=False)
+
+
+def test_the_epoch_order_is_kept_on_the_datasets_own_context(demo_shards, ray_local):
+    import ray.data
+
+    process_wide = ray.data.DataContext.get_current().execution_options.preserve_order
+    dataset = ingest.training_dataset(
+        demo_shards, epoch=0, rank=0, world_size=1, augmentation=TrainingAugmentation(80, 64)
+    )
+    assert dataset.context.execution_options.preserve_order
+    assert ray.data.DataContext.get_current().execution_options.preserve_order == process_wide
