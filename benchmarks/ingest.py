@@ -7,15 +7,19 @@ RandomCrop(224), RandomHorizontalFlip, ToTensor, Normalize, in one process
 Our side, also on one core: `vgg.transforms.decode_crop` over shard rows, which
 returns uint8 crops (the float conversion, mean and colour shift happen on the
 training device); then the same through the full Ray Data pipeline
-(`pipeline.ingest.training_batches`) on all cores, divided by the core count.
+(`pipeline.ingest.training_batches`, one training worker consuming in this
+process) on all cores, in wall-clock time over `--epochs` consecutive epochs
+after a warm one (steady state, epoch boundaries included), divided by the
+core count. The in-process figure is taken before and after the Ray Data one
+and the better kept, so that load from elsewhere does not flatter the ratio.
 Also the decode-only bound: a full Pillow decode of the stored images.
 
-    python -m benchmarks.ingest                 # builds a photo set from scikit-learn's photos
-    python -m benchmarks.ingest --source /data/imagenet-sample
+    python -m benchmarks.ingest --source DIR [--epochs 2] [--only-256]
+    python -m benchmarks.ingest      # makes a photo source (benchmarks/photos.py)
 
 SOURCE is an ILSVRC-2012 folder layout (train/<wnid>/*.JPEG). Without it the
-benchmark makes one from the two real photographs scikit-learn ships
-(`benchmarks/preprocess.py`'s photo source: crops of ImageNet's typical sizes).
+benchmark makes one from real photographs scikit-image and scikit-learn ship
+(`benchmarks/photos.py`: crops at ILSVRC's typical sizes and quirks).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks.preprocess import make_photo_source
+from benchmarks.photos import describe_source, make_photo_source
 from vgg.transforms import TrainingAugmentation
 
 CROP = 224
@@ -78,15 +82,16 @@ def shard_rows(shards: str) -> list[tuple[bytes, int, int]]:
     return rows
 
 
-def ours_rate(rows, scale, batch: int) -> float:
-    """The training augmentation's CPU half in one process: draw, then decode."""
+def ours_rate(rows, scale, batch: int) -> tuple[float, float]:
+    """The training augmentation's CPU half in one process: draw, then decode.
+    Images per second of wall time, and per CPU-second."""
     augmentation = TrainingAugmentation(scale, CROP)
     rng = np.random.default_rng(0)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for first in range(0, len(rows), batch):
         jpegs, heights, widths = zip(*rows[first : first + batch], strict=True)
         augmentation.decode(jpegs, augmentation.draw(heights, widths, rng))
-    return len(rows) / (time.perf_counter() - start)
+    return len(rows) / (time.perf_counter() - start), len(rows) / (time.process_time() - cpu_start)
 
 
 def decode_only_rate(rows) -> float:
@@ -96,35 +101,64 @@ def decode_only_rate(rows) -> float:
     return len(rows) / (time.perf_counter() - start)
 
 
-def ray_pipeline_rate(shards: str, scale, batch: int, cores: int) -> float:
-    """Steady state: epoch 0 warms Ray Data's worker processes, epoch 1 is timed
-    (its own dataset start-up included, as every epoch pays it)."""
+def _cpu_seconds() -> float:
+    """CPU time of this process and all its descendants (a local Ray's raylet,
+    object store and workers): what the pipeline costs, whoever else runs."""
+    import psutil
+
+    total = 0.0
+    me = psutil.Process()
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def ray_pipeline_rate(
+    shards: str, scale, batch: int, cores: int, epochs: int
+) -> tuple[float, float]:
+    """Steady state: epoch 0 warms Ray Data's worker processes, then `epochs`
+    consecutive epochs are timed, each one's dataset start-up and boundary
+    included, as a training run pays them. Returns images/s per core of wall
+    time, and images per CPU-second of every process of the local Ray."""
     from pipeline.ingest import training_batches
 
-    for epoch in (0, 1):
-        start, count = time.perf_counter(), 0
+    augmentation = TrainingAugmentation(scale, CROP)
+    count, start, cpu_start = 0, 0.0, 0.0
+    for epoch in range(epochs + 1):
+        if epoch == 1:
+            start, count, cpu_start = time.perf_counter(), 0, _cpu_seconds()
         for images in training_batches(
             shards,
             epoch=epoch,
             rank=0,
             world_size=1,
-            augmentation=TrainingAugmentation(scale, CROP),
+            augmentation=augmentation,
             batch_size=batch,
+            # Not from the warm epoch: nothing of the timed ones is done before
+            # the clock starts; the timed ones overlap as a training run's do.
+            start_next_epoch=1 <= epoch < epochs,
         ):
             count += len(images["label"])
-    return count / (time.perf_counter() - start) / cores
+    wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
+    return count / wall / cores, count / cpu
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=Path, help="ILSVRC folder layout (default: a photo set)")
-    parser.add_argument("--images", type=int, default=1200, help="photo-set size (default 1200)")
+    parser.add_argument("--images", type=int, default=6250, help="photo-set size (default 6250)")
     parser.add_argument(
         "--work",
         type=Path,
         help="folder for the photo set and shards (default: a new temporary one)",
     )
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=2, help="timed Ray Data epochs")
+    parser.add_argument("--only-256", action="store_true", help="only S=256 from 256-px shards")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray Data pipeline figure")
     args = parser.parse_args(argv)
 
@@ -143,35 +177,48 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if started_ray:
         ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
     # Shards stored at the largest S they serve: 256 for S = 256, 512 for jittering.
+    cases = [("256", 256, 256)]
+    if not args.only_256:
+        cases += [("256", 256, 512), ("[256,512]", (256, 512), 512)]
     shards = {}
-    for side in (256, 512):
+    for side in sorted({side for _, _, side in cases}):
         shards[side] = str(work / f"shards-{side}")
         preprocess(str(source), shards[side], max_short_side=side, progress=False)
     rows = {side: shard_rows(path) for side, path in shards.items()}
 
     imagefolder_rate(source, 256, args.batch)  # warm-up: imports, file cache
     results: dict[str, float] = {}
-    print(f"{len(rows[256])} training images from {source}; crops {CROP}; per core figures")
     print(
-        f"{'S':>10}  {'stored':>6}  {'ImageFolder':>11}  {'ours':>8}  {'ratio':>6}  {'ours, Ray Data':>14}"
+        f"{len(rows[256])} training images: {describe_source(source)}; crops {CROP}; "
+        f"{cores} CPUs, load average {os.getloadavg()[0]:.2f}; images/s per core"
     )
-    for label, scale, side in (
-        ("256", 256, 256),
-        ("256", 256, 512),
-        ("[256,512]", (256, 512), 512),
-    ):
+    print(
+        "S | stored | ImageFolder | ours, in-process | ratio | ours, Ray Data | Ray / in-process "
+        "| per CPU-second: in-process / Ray Data (all its processes) / ratio"
+    )
+    print("---: | ---: | ---: | ---: | ---: | ---: | ---: | ---:")
+    for label, scale, side in cases:
         baseline = imagefolder_rate(source, scale, args.batch)
-        ours = ours_rate(rows[side], scale, args.batch)
-        pipeline = (
-            float("nan")
+        before = ours_rate(rows[side], scale, args.batch)
+        pipeline, pipeline_cpu = (
+            (float("nan"), float("nan"))
             if args.no_ray
-            else ray_pipeline_rate(shards[side], scale, args.batch, cores)
+            else ray_pipeline_rate(shards[side], scale, args.batch, cores, args.epochs)
         )
-        results[f"ratio S={label} stored={side}"] = ours / baseline
+        after = ours_rate(rows[side], scale, args.batch)
+        ours, ours_cpu = max(before[0], after[0]), max(before[1], after[1])
+        name = f"S={label} stored={side}"
+        results[f"ratio {name}"] = ours / baseline
+        results[f"in-process per core {name}"] = ours
+        results[f"ray data per core {name}"] = pipeline
+        results[f"ray data per CPU-second {name}"] = pipeline_cpu
+        results[f"in-process per CPU-second {name}"] = ours_cpu
         print(
-            f"{label:>10}  {side:>6}  {baseline:9.1f}/s  {ours:6.1f}/s  {ours / baseline:6.2f}  {pipeline:12.1f}/s"
+            f"{label} | {side} | {baseline:.0f} | {ours:.0f} | {ours / baseline:.2f} | "
+            f"{pipeline:.0f} | {pipeline / ours:.2f}x | {ours_cpu:.0f} / {pipeline_cpu:.0f} / "
+            f"{pipeline_cpu / ours_cpu:.2f}x"
         )
-    for side in (256, 512):
+    for side in shards:
         rate = decode_only_rate(rows[side])
         results[f"decode-only stored={side}"] = rate
         print(f"decode-only bound, stored short side {side}: {rate:.1f} images/s per core")

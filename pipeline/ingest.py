@@ -1,8 +1,8 @@
 """From Arrow shards to augmented batches on every training worker.
 
-Ray has no Arrow IPC reader, so `ShardRowsDatasource` reads row ranges of the
-shards through Ray Data's datasource API; decoding and cropping run as Ray
-Data tasks on whatever CPUs the cluster has, and each training worker receives
+Ray has no Arrow IPC reader, so `pipeline.shard_datasource` reads row ranges
+of the shards through Ray Data's datasource API; decoding and cropping run in
+those read tasks on whatever CPUs the cluster has, and each training worker receives
 uint8 crops to finish on its own device. What is drawn, decoded and finished
 is `vgg.transforms.TrainingAugmentation`, passed through here as one object.
 
@@ -21,18 +21,22 @@ Evaluation has no such need and uses `get_dataset_shard` / plain datasets.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 import torch
-from ray.data import Datasource
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from pipeline.errors import ConfigError
-from pipeline.manifest import ShardInfo
-from pipeline.shards import SHARD_BATCH_ROWS, ShardStore
+from pipeline.shard_datasource import (
+    ShardRowsDatasource,
+    epoch_assignment,
+    group_pieces,
+    record_batch_pieces,
+)
+from pipeline.shards import ShardStore
 from vgg.transforms import (
     PixelStatistics,
     TrainingAugmentation,
@@ -40,146 +44,6 @@ from vgg.transforms import (
     decode_crop,
     decode_rescaled,
 )
-
-
-@dataclass(frozen=True)
-class Piece:
-    """Rows [start, stop) of one shard (its path relative to the dataset root)."""
-
-    shard: str
-    start: int
-    stop: int
-
-    @property
-    def rows(self) -> int:
-        return self.stop - self.start
-
-
-def record_batch_pieces(shards: list[ShardInfo]) -> list[Piece]:
-    """The shards cut at their record batches, the unit a reader can fetch alone."""
-    return [
-        Piece(shard.path, start, min(start + SHARD_BATCH_ROWS, shard.rows))
-        for shard in shards
-        for start in range(0, shard.rows, SHARD_BATCH_ROWS)
-    ]
-
-
-def _rng(*words: int) -> np.random.Generator:
-    return np.random.default_rng([int(w) for w in words])
-
-
-def epoch_assignment(
-    shards: list[ShardInfo], *, seed: int, epoch: int, world_size: int
-) -> list[list[Piece]]:
-    """Each worker's pieces for one epoch: the record batches permuted with
-    (seed, epoch), then cut into `world_size` runs of exactly len // world_size rows."""
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1; got {world_size}")
-    pieces = record_batch_pieces(shards)
-    order = _rng(seed, epoch).permutation(len(pieces))
-    total = sum(p.rows for p in pieces)
-    per_worker = total // world_size
-    assignment: list[list[Piece]] = [[] for _ in range(world_size)]
-    worker, room = 0, per_worker
-    for index in order:
-        piece = pieces[index]
-        start = piece.start
-        while start < piece.stop and worker < world_size:
-            take = min(room, piece.stop - start)
-            assignment[worker].append(Piece(piece.shard, start, start + take))
-            start += take
-            room -= take
-            if room == 0:
-                worker, room = worker + 1, per_worker
-    return assignment
-
-
-def _group(pieces: list[Piece], rows_per_task: int) -> list[list[Piece]]:
-    """Consecutive pieces gathered into read tasks of about `rows_per_task` rows."""
-    groups: list[list[Piece]] = [[]]
-    rows = 0
-    for piece in pieces:
-        if rows >= rows_per_task:
-            groups.append([])
-            rows = 0
-        groups[-1].append(piece)
-        rows += piece.rows
-    return [g for g in groups if g]
-
-
-class ShardRowsDatasource(Datasource):
-    """A Ray Data datasource over chosen row ranges of the shards: one read task
-    per group of pieces, in the given order. For training it also draws each
-    row's crop (`augmentation.draw`) from a seeded generator per task, so the
-    augmentation repeats for a seed whatever Ray's batching and scheduling do."""
-
-    def __init__(
-        self,
-        dataset_uri: str,
-        tasks: list[list[Piece]],
-        *,
-        augmentation: TrainingAugmentation | None = None,
-        seed_words: tuple[int, ...] = (0,),
-        shuffle: bool = False,
-    ) -> None:
-        super().__init__()
-        self.dataset_uri = dataset_uri
-        self.tasks = tasks
-        self.augmentation = augmentation
-        self.seed_words = seed_words
-        self.shuffle = shuffle
-
-    def get_name(self) -> str:
-        return "ArrowShards"
-
-    def estimate_inmemory_data_size(self) -> int | None:
-        return None
-
-    def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
-        from ray.data.block import BlockMetadata
-        from ray.data.datasource import ReadTask
-
-        read_tasks = []
-        for index, pieces in enumerate(self.tasks):
-            metadata = BlockMetadata(
-                num_rows=sum(p.rows for p in pieces),
-                size_bytes=None,
-                input_files=tuple(sorted({p.shard for p in pieces})),
-                exec_stats=None,
-            )
-            read_tasks.append(
-                ReadTask(
-                    lambda pieces=pieces, index=index: [self._read(pieces, index)],
-                    metadata,
-                    per_task_row_limit=per_task_row_limit,
-                )
-            )
-        return read_tasks
-
-    def _read(self, pieces: list[Piece], index: int) -> pa.Table:
-        store = ShardStore(self.dataset_uri)
-        columns = ["key", "label", "image", "height", "width"]
-        table = pa.concat_tables(
-            [store.read_rows(p.shard, p.start, p.stop, columns) for p in pieces]
-        )
-        rng = _rng(*self.seed_words, index)
-        if self.shuffle:
-            table = table.take(rng.permutation(table.num_rows))
-        if self.augmentation is not None:
-            boxes = self.augmentation.draw(
-                table["height"].to_numpy(), table["width"].to_numpy(), rng
-            )
-            for name, column in self.augmentation.encode(boxes).items():
-                table = table.append_column(name, pa.array(column))
-        return table
-
-
-def decode_training_crops(
-    batch: dict[str, np.ndarray], augmentation: TrainingAugmentation
-) -> dict[str, np.ndarray]:
-    """Ray Data map: JPEG bytes and drawn boxes to uint8 crops (N, crop, crop, 3)."""
-    images = augmentation.decode(batch["image"], augmentation.decode_boxes(batch))
-    return {"image": images, "label": batch["label"].astype(np.int64), "key": batch["key"]}
 
 
 def training_dataset(
@@ -191,13 +55,14 @@ def training_dataset(
     augmentation: TrainingAugmentation,
     seed: int = 0,
     decode: bool = True,
-    rows_per_task: int = 512,
+    rows_per_task: int = 1024,
     decode_batch_rows: int = 64,
     cpus_per_task: float = 1.0,
 ):
     """Worker `rank`'s training rows for `epoch` as a Ray Data dataset, in a
-    seeded order. With `decode` the rows are uint8 crops ready for the device;
-    without, JPEG bytes and each row's drawn box (for decoding on a GPU)."""
+    seeded order. With `decode` the rows are uint8 crops ready for the device,
+    decoded in the read tasks themselves; without, JPEG bytes and each row's
+    drawn box (for decoding on a GPU)."""
     import ray.data
 
     if not 0 <= rank < world_size:
@@ -208,28 +73,23 @@ def training_dataset(
     ]
     source = ShardRowsDatasource(
         dataset_uri,
-        _group(pieces, rows_per_task),
+        group_pieces(pieces, rows_per_task),
         augmentation=augmentation,
         seed_words=(seed, epoch, rank),
         shuffle=True,
+        decode=decode,
+        decode_rows=decode_batch_rows,
     )
-    context = ray.data.DataContext.get_current()
-    # The epoch's order is the plan above; Ray must not reorder finished blocks.
-    context.execution_options.preserve_order = True
     dataset = ray.data.read_datasource(
         source,
         override_num_blocks=max(1, len(source.tasks)),
         num_cpus=cpus_per_task,
     )
-    if not decode:
-        return dataset
-    return dataset.map_batches(
-        decode_training_crops,
-        fn_kwargs={"augmentation": augmentation},
-        batch_size=decode_batch_rows,
-        batch_format="numpy",
-        num_cpus=cpus_per_task,
-    )
+    # The epoch's order is the plan above; Ray must not reorder finished blocks.
+    # Set on this dataset's own copy of the DataContext (read_datasource took
+    # one), not on the process-wide one other datasets share.
+    dataset.context.execution_options.preserve_order = True
+    return dataset
 
 
 def _on_device(batch: dict[str, object], device: torch.device | str) -> dict[str, object]:
@@ -262,15 +122,68 @@ def training_batches(
     device: torch.device | str = "cpu",
     prefetch_batches: int = 2,
     cpus_per_task: float = 1.0,
+    start_next_epoch: bool = True,
 ) -> Iterator[dict[str, object]]:
     """One epoch of worker `rank`'s batches: {"image": uint8 NHWC on `device`,
     "label": int64, "key": list of str}; the last partial batch is dropped.
 
     decode_on="cpu" decodes in Ray Data tasks on the cluster's CPUs;
     decode_on="device" ships the JPEG bytes and decodes on `device` with
-    torchvision's decoder (nvJPEG on a GPU), so the CPUs only read bytes."""
+    torchvision's decoder (nvJPEG on a GPU), so the CPUs only read bytes.
+    With `start_next_epoch`, epoch + 1's dataset starts (same arguments) as
+    this one's last read tasks run, so a worker does not wait at the epoch
+    boundary; the next call for epoch + 1 takes its batches."""
     if decode_on not in ("cpu", "device"):
         raise ValueError(f"decode_on must be 'cpu' or 'device'; got {decode_on!r}")
+    arguments = (
+        dataset_uri,
+        rank,
+        world_size,
+        augmentation,
+        batch_size,
+        seed,
+        decode_on,
+        prefetch_batches,
+        cpus_per_task,
+    )
+    batches = _EpochPrefetch.take(arguments, epoch)
+    if batches is None:
+        batches = _epoch_batches(*arguments, epoch=epoch)
+    # Every worker's share is the same length (`epoch_assignment`).
+    rows = sum(shard.rows for shard in ShardStore(dataset_uri).shards("train")) // world_size
+    # Start the next epoch once this one's last read tasks are under way.
+    start_at = max(0, rows - 2 * _ROWS_PER_TASK) // batch_size
+    for number, batch in enumerate(batches):
+        if start_next_epoch and number == start_at:
+            _EpochPrefetch.start(arguments, epoch + 1)
+        if decode_on == "cpu":
+            yield _on_device(batch, device)
+        else:
+            yield {
+                "image": augmentation.decode_on_device(
+                    batch["image"], augmentation.decode_boxes(batch), device
+                ),
+                "label": torch.tensor(batch["label"], dtype=torch.int64, device=device),
+                "key": batch["key"].tolist(),
+            }
+
+
+_ROWS_PER_TASK = 1024  # training_dataset's default rows_per_task
+
+
+def _epoch_batches(
+    dataset_uri: str,
+    rank: int,
+    world_size: int,
+    augmentation: TrainingAugmentation,
+    batch_size: int,
+    seed: int,
+    decode_on: str,
+    prefetch_batches: int,
+    cpus_per_task: float,
+    *,
+    epoch: int,
+) -> Iterator[dict[str, object]]:
     dataset = training_dataset(
         dataset_uri,
         epoch=epoch,
@@ -279,30 +192,83 @@ def training_batches(
         augmentation=augmentation,
         seed=seed,
         decode=decode_on == "cpu",
+        rows_per_task=_ROWS_PER_TASK,
         cpus_per_task=cpus_per_task,
     )
     if decode_on == "cpu":
-        for batch in dataset.iter_torch_batches(
+        return dataset.iter_torch_batches(
             batch_size=batch_size,
             drop_last=True,
             collate_fn=CropBatchCollate(),
             prefetch_batches=prefetch_batches,
-        ):
-            yield _on_device(batch, device)
-        return
-    for batch in dataset.iter_batches(
+        )
+    return dataset.iter_batches(
         batch_size=batch_size,
         drop_last=True,
         batch_format="numpy",
         prefetch_batches=prefetch_batches,
-    ):
-        yield {
-            "image": augmentation.decode_on_device(
-                batch["image"], augmentation.decode_boxes(batch), device
-            ),
-            "label": torch.tensor(batch["label"], dtype=torch.int64, device=device),
-            "key": batch["key"].tolist(),
-        }
+    )
+
+
+class _EpochPrefetch:
+    """The next epoch's batches, started early in a thread of this process: one
+    per process (a training worker), taken by the call that asks for exactly
+    that epoch with the same arguments, and dropped otherwise."""
+
+    _pending: tuple[tuple, int, queue.Queue, threading.Event] | None = None
+
+    @classmethod
+    def start(cls, arguments: tuple, epoch: int) -> None:
+        cls.drop()
+        batches: queue.Queue = queue.Queue(maxsize=max(2, arguments[7]))
+        stop = threading.Event()
+
+        def fill() -> None:
+            try:
+                for batch in _epoch_batches(*arguments, epoch=epoch):
+                    while not stop.is_set():
+                        try:
+                            batches.put(batch, timeout=0.5)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                batches.put(_END)
+            except BaseException as exc:  # handed to the consumer, raised there
+                batches.put(exc)
+
+        threading.Thread(target=fill, name=f"vggpipe-epoch-{epoch}", daemon=True).start()
+        cls._pending = (arguments, epoch, batches, stop)
+
+    @classmethod
+    def take(cls, arguments: tuple, epoch: int) -> Iterator[dict[str, object]] | None:
+        pending, cls._pending = cls._pending, None
+        if pending is None:
+            return None
+        if pending[:2] != (arguments, epoch):
+            pending[3].set()
+            return None
+        return cls._drain(pending[2], pending[3])
+
+    @classmethod
+    def drop(cls) -> None:
+        pending, cls._pending = cls._pending, None
+        if pending is not None:
+            pending[3].set()
+
+    @staticmethod
+    def _drain(batches: queue.Queue, stop: threading.Event) -> Iterator[dict[str, object]]:
+        try:
+            while (item := batches.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
+
+_END = object()
 
 
 def pixel_statistics(dataset_uri: str) -> PixelStatistics:
@@ -379,7 +345,7 @@ def evaluation_dataset(
         raise ValueError(f"{view} needs scale >= crop_size {crop_size}; got {scale}")
     store = ShardStore(dataset_uri)
     pieces = record_batch_pieces(store.shards(split))[rank::world_size]
-    source = ShardRowsDatasource(dataset_uri, _group(pieces, rows_per_task))
+    source = ShardRowsDatasource(dataset_uri, group_pieces(pieces, rows_per_task))
     dataset = ray.data.read_datasource(
         source,
         override_num_blocks=max(1, len(source.tasks)),

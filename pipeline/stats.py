@@ -1,7 +1,7 @@
 """Colour statistics of the training images: mean RGB, and the eigenvalues and
 eigenvectors of the RGB covariance that the paper's colour shift (after AlexNet)
-perturbs images along. Moments are summed per shard in Ray tasks and combined on
-the driver, so no task holds more than one shard's sample."""
+perturbs images along. The shard tasks sum the moments of their sample's pixels
+as they encode them (no second decoding pass) and the driver combines them."""
 
 from __future__ import annotations
 
@@ -41,13 +41,18 @@ def image_moments(jpegs: Iterable[bytes]) -> PixelMoments:
     moments = PixelMoments.zero()
     for data in jpegs:
         with Image.open(io.BytesIO(data)) as image:
-            pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
-        # One contiguous row per channel: reductions along rows are several times
-        # faster than down the columns of the pixel-major array. float64 keeps
-        # the sums of squares exact well past ImageNet's 1e11 pixels.
-        channels = np.ascontiguousarray(pixels.T, dtype=np.float64)
-        moments += PixelMoments(1, len(pixels), channels.sum(axis=1), channels @ channels.T)
+            moments += pixel_moments(np.asarray(image.convert("RGB")))
     return moments
+
+
+def pixel_moments(pixels: np.ndarray) -> PixelMoments:
+    """The moments of one (H, W, 3) uint8 RGB image."""
+    pixels = pixels.reshape(-1, 3)
+    # One contiguous row per channel: reductions along rows are several times
+    # faster than down the columns of the pixel-major array. float64 keeps
+    # the sums of squares exact well past ImageNet's 1e11 pixels.
+    channels = np.ascontiguousarray(pixels.T, dtype=np.float64)
+    return PixelMoments(1, len(pixels), channels.sum(axis=1), channels @ channels.T)
 
 
 def colour_statistics(moments: PixelMoments, sample: str) -> ColourStatistics:

@@ -1,14 +1,27 @@
 """One image: decode, convert to RGB, shrink (never enlarge) and re-encode, or
-keep the original bytes when they are already an RGB JPEG small enough."""
+keep the original bytes when they are already an RGB JPEG small enough.
+
+Colour and greyscale JPEGs (all but a few dozen of ILSVRC's 1.33 million) go
+through libjpeg-turbo's TurboJPEG API (simplejpeg): a full decode, or a
+DCT-domain one at 1/2, 1/4 or 1/8 when the shrink allows, torch's
+antialiased bicubic resize and a 4:2:0 encode: Pillow's own defaults (its
+resize filter, its subsampling at quality 90), about twice as fast. Other
+images (CMYK, PNG, ...) and anything TurboJPEG refuses take Pillow's path,
+which also words the reason an image is rejected.
+
+Measured on real photos (`benchmarks/preprocess.py` prints it): libjpeg-turbo's
+other M/8 scales (3/8, 5/8, 6/8, 7/8) decode more slowly than the full image, as
+only 1/2, 1/4 and 1/8 have SIMD inverse DCTs, so they are never used.
+"""
 
 from __future__ import annotations
 
 import io
-import math
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 
@@ -17,6 +30,9 @@ class ProcessedImage:
     data: bytes  # RGB JPEG
     width: int
     height: int
+    # The RGB pixels `data` was encoded from, kept only when asked for (the
+    # colour statistics' sample); None when the original bytes were kept.
+    pixels: np.ndarray | None = None
 
 
 class ImageRejected(Exception):
@@ -28,6 +44,10 @@ class ImageRejected(Exception):
 # take gigabytes in a shard task, or (a tiny file claiming a huge size) decode
 # to garbage: rejected from the header, before any pixel is decoded.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+# JPEG colour spaces TurboJPEG decodes to RGB exactly as Pillow does. CMYK is
+# not among them: Adobe's inverted CMYK needs Pillow's conversion.
+_TURBO_COLOURSPACES = ("YCbCr", "Gray")
 
 
 def shrunk_size(width: int, height: int, max_short_side: int) -> tuple[int, int] | None:
@@ -42,11 +62,76 @@ def shrunk_size(width: int, height: int, max_short_side: int) -> tuple[int, int]
     return max(1, round(width * scale)), max_short_side
 
 
-def process_image(data: bytes, max_short_side: int, jpeg_quality: int) -> ProcessedImage:
+def dct_reduction(width: int, height: int, target: tuple[int, int]) -> int:
+    """The largest of 1, 2, 4, 8 that divides the image down to at least `target`."""
+    reduction = 1
+    while reduction < 8 and all(
+        -(-side // (2 * reduction)) >= wanted
+        for side, wanted in ((width, target[0]), (height, target[1]))
+    ):
+        reduction *= 2
+    return reduction
+
+
+def process_image(
+    data: bytes, max_short_side: int, jpeg_quality: int, keep_pixels: bool = False
+) -> ProcessedImage:
     """Decode, convert to RGB, shrink and re-encode one image; ImageRejected if it
-    cannot be decoded. An RGB JPEG that is small enough keeps its original bytes."""
+    cannot be decoded. An RGB JPEG that is small enough keeps its original bytes.
+    With `keep_pixels` the result also holds the RGB pixels it encoded."""
     if not data:
         raise ImageRejected("empty file (0 bytes)")
+    processed = _with_turbojpeg(data, max_short_side, jpeg_quality, keep_pixels)
+    if processed is None:
+        processed = _with_pillow(data, max_short_side, jpeg_quality, keep_pixels)
+    return processed
+
+
+def _with_turbojpeg(
+    data: bytes, max_short_side: int, jpeg_quality: int, keep_pixels: bool
+) -> ProcessedImage | None:
+    """The fast path, or None for an image it does not take (Pillow's then)."""
+    if not simplejpeg.is_jpeg(data):
+        return None
+    try:
+        height, width, colourspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    if colourspace not in _TURBO_COLOURSPACES or width * height > MAX_PIXELS:
+        return None
+    target = shrunk_size(width, height, max_short_side)
+    try:
+        if target is None:
+            if colourspace == "YCbCr" and not keep_pixels:
+                # Decoding at 1/8 scale still reads every entropy-coded byte, so
+                # a truncated or corrupt file fails here, at a fraction of the cost.
+                simplejpeg.decode_jpeg(data, "RGB", min_factor=8)
+                return ProcessedImage(data, width, height)
+            pixels = simplejpeg.decode_jpeg(data, "RGB")
+            if colourspace == "YCbCr":
+                return ProcessedImage(data, width, height, pixels)
+        else:
+            reduction = dct_reduction(width, height, target)
+            pixels = simplejpeg.decode_jpeg(
+                data,
+                "RGB",
+                min_height=-(-height // reduction),
+                min_width=-(-width // reduction),
+            )
+            pixels = resize_array(pixels, target)
+    except ValueError:
+        # strict decoding: a warning such as a truncated file; Pillow's path
+        # decides and words the reason.
+        return None
+    encoded = simplejpeg.encode_jpeg(pixels, jpeg_quality, "RGB", "420")
+    return ProcessedImage(
+        encoded, pixels.shape[1], pixels.shape[0], pixels if keep_pixels else None
+    )
+
+
+def _with_pillow(
+    data: bytes, max_short_side: int, jpeg_quality: int, keep_pixels: bool
+) -> ProcessedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -60,23 +145,25 @@ def process_image(data: bytes, max_short_side: int, jpeg_quality: int) -> Proces
             target = shrunk_size(width, height, max_short_side)
             is_jpeg = image.format == "JPEG"
             if target is None and is_jpeg and image.mode == "RGB":
-                # Decoding at 1/8 scale still reads every entropy-coded byte, so
-                # a truncated or corrupt file fails here, at a fraction of the cost.
-                image.draft("RGB", (math.ceil(width / 8), math.ceil(height / 8)))
+                if not keep_pixels:
+                    image.draft("RGB", (-(-width // 8), -(-height // 8)))
                 image.load()
-                return ProcessedImage(data, width, height)
+                pixels = np.asarray(image) if keep_pixels else None
+                return ProcessedImage(data, width, height, pixels)
             if is_jpeg:
                 # libjpeg scales by 1/2, 1/4 or 1/8 in the DCT domain, choosing the
-                # largest reduction that stays at or above the requested size: at
-                # most half the size is several times faster than a full decode.
+                # largest reduction that stays at or above the requested size.
                 image.draft("RGB", target or (width, height))
             image.load()
-            pixels = image if image.mode == "RGB" else image.convert("RGB")
+            pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
             if target is not None:
-                pixels = resize(pixels, target)
-            buffer = io.BytesIO()
-            pixels.save(buffer, "JPEG", quality=jpeg_quality)
-            return ProcessedImage(buffer.getvalue(), pixels.width, pixels.height)
+                pixels = resize_array(pixels, target)
+            encoded = simplejpeg.encode_jpeg(
+                np.ascontiguousarray(pixels), jpeg_quality, "RGB", "420"
+            )
+            return ProcessedImage(
+                encoded, pixels.shape[1], pixels.shape[0], pixels if keep_pixels else None
+            )
     except ImageRejected:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
@@ -87,22 +174,36 @@ def process_image(data: bytes, max_short_side: int, jpeg_quality: int) -> Proces
         raise ImageRejected(f"cannot decode: {exc or type(exc).__name__}") from exc
 
 
-def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Antialiased bilinear resize of an RGB image to (width, height).
+def resize_array(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Antialiased bicubic resize of (H, W, 3) uint8 RGB to (width, height).
 
-    torchvision's uint8 kernel is vectorised and several times faster than
-    Pillow's resize, which measurement showed to be the largest cost per image;
-    the filter is the same (Pillow's antialiased bilinear, torchvision's default).
+    The filter of Pillow's default resize (bicubic, widened when shrinking),
+    so the stored images match what a Pillow script would store (PSNR in
+    `benchmarks/preprocess.py`); torch's vectorised uint8 kernel costs
+    a quarter of Pillow's on real photos.
     """
     import torch
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as tvf
 
     with warnings.catch_warnings():
         # torch warns that the array is read-only; the resize only reads it.
         warnings.simplefilter("ignore", UserWarning)
-        pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)
-    resized = tvf.resize(
-        pixels, [size[1], size[0]], interpolation=InterpolationMode.BILINEAR, antialias=True
+        tensor = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+    resized = np.empty((size[1], size[0], 3), np.uint8)
+    # The kernel behind torch.nn.functional.interpolate(mode="bicubic",
+    # antialias=True), the same pixels, writing straight into an (H, W, 3)
+    # array: interpolate returns channels-first, and turning that back costs
+    # as much again as the resize (measured: 0.34 ms against 0.65 ms).
+    torch.ops.aten._upsample_bicubic2d_aa.out(
+        tensor,
+        [size[1], size[0]],
+        False,
+        None,
+        None,
+        out=torch.from_numpy(resized).permute(2, 0, 1)[None],
     )
-    return Image.fromarray(resized.permute(1, 2, 0).contiguous().numpy())
+    return resized
+
+
+def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`resize_array` for a Pillow RGB image."""
+    return Image.fromarray(resize_array(np.asarray(image), size))

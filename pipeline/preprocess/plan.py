@@ -13,7 +13,6 @@ reuses a manifest, a plan or a shard only when the parameters that shaped it
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
@@ -106,38 +105,50 @@ def make_plan(
 ) -> Plan:
     """Label, order and cut `listing` into shards, and write the plan to `store`.
     Images without a training class are rejected here, before any decoding."""
-    label_of = {wnid: index for index, wnid in enumerate(source.wnids)}
+    training_classes = pa.array(source.wnids, pa.string())
     rejected: list[Rejection] = []
     pieces = []
     images: dict[str, int] = {}
     shard_counts: dict[str, int] = {}
+    # Arrow's compute kernels, not Python loops: ImageNet's 1.33 million rows
+    # are planned in seconds (benchmarks/scale.py).
+    # The index arithmetic runs on the key and wnid columns alone, and the
+    # split's rows are gathered once, in their final order.
     for split_number, split in enumerate(SPLITS):
-        rows = listing.filter(pc.equal(listing["split"], split))
-        keys = rows["key"].to_pylist()
-        duplicates = sorted(key for key, times in Counter(keys).items() if times > 1)
-        if duplicates:
-            raise SourceError(
-                f"{len(duplicates)} file names occur twice in {split} "
-                f"(e.g. {', '.join(duplicates[:3])}); keys must be unique"
-            )
-        labels = []
-        usable = []
-        for position, (key, wnid) in enumerate(zip(keys, rows["wnid"].to_pylist(), strict=True)):
-            if wnid in label_of:
-                labels.append(label_of[wnid])
-                usable.append(position)
-            elif wnid:
-                rejected.append(Rejection(split, key, f"label {wnid} is not a training class"))
-            else:
-                reason = f"no label in {source.val_labels_from}"
-                rejected.append(Rejection(split, key, reason))
-        usable_rows = pa.array(usable, pa.int64())
-        rows = rows.take(usable_rows).append_column("label", pa.array(labels, pa.int32()))
+        in_split = pc.indices_nonzero(pc.equal(listing["split"], split))
+        keys = listing["key"].take(in_split).combine_chunks()
         # Sorting first makes the order depend on the seed alone, not on the
         # order in which the filesystem or the tar listed the files.
-        rows = rows.take(pc.sort_indices(rows, [("key", "ascending")]))
+        by_key = pc.sort_indices(keys)
+        keys = keys.take(by_key)
+        if len(keys) > 1:
+            repeated = pc.equal(keys[1:], keys[:-1])
+            duplicates = pc.unique(keys[1:].filter(repeated)).to_pylist()
+            if duplicates:
+                raise SourceError(
+                    f"{len(duplicates)} file names occur twice in {split} "
+                    f"(e.g. {', '.join(duplicates[:3])}); keys must be unique"
+                )
+        ordered = in_split.take(by_key)  # listing positions, sorted by key
+        wnids = listing["wnid"].take(ordered)
+        labels = pc.index_in(wnids, value_set=training_classes)
+        unlabelled = pc.is_null(labels)
+        for key, wnid in zip(
+            keys.filter(unlabelled).to_pylist(), wnids.filter(unlabelled).to_pylist(), strict=True
+        ):
+            reason = (
+                f"label {wnid} is not a training class"
+                if wnid
+                else f"no label in {source.val_labels_from}"
+            )
+            rejected.append(Rejection(split, key, reason))
+        usable = pc.invert(unlabelled)
+        ordered, labels = ordered.filter(usable), labels.filter(usable)
         rng = np.random.default_rng([config.seed, split_number])
-        rows = rows.take(rng.permutation(rows.num_rows))
+        shuffled = pa.array(rng.permutation(len(ordered)))
+        rows = listing.take(ordered.take(shuffled)).append_column(
+            "label", labels.take(shuffled).cast(pa.int32())
+        )
         count = math.ceil(rows.num_rows / config.shard_rows)
         # Even shards: the shard of row r is floor(r * count / n).
         shard = (np.arange(rows.num_rows) * count) // max(rows.num_rows, 1)

@@ -11,7 +11,6 @@ is complete.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -24,7 +23,6 @@ from pipeline.manifest import (
     ColourStatistics,
     Manifest,
     Rejection,
-    ShardInfo,
     SplitInfo,
 )
 from pipeline.preprocess.config import PreprocessConfig
@@ -40,7 +38,7 @@ from pipeline.preprocess.plan import (
 from pipeline.preprocess.shard import ShardResult, ensure_shard
 from pipeline.shards import SPLITS, Plan, ShardStore, require_folder
 from pipeline.sources import SourceReader, open_source
-from pipeline.stats import PixelMoments, colour_statistics, image_moments
+from pipeline.stats import PixelMoments, colour_statistics
 
 
 @dataclass
@@ -170,11 +168,8 @@ def run_preprocess(
 
         phase_start = time.perf_counter()
         results = _run_shards(reader, store, plan, config, progress)
+        statistics = _statistics(plan, results, config)
         phases["shards"] = time.perf_counter() - phase_start
-
-        phase_start = time.perf_counter()
-        statistics = _statistics(store, results, config)
-        phases["statistics"] = time.perf_counter() - phase_start
 
         manifest = _manifest(plan, results, statistics)
         store.write_manifest(manifest)
@@ -213,6 +208,7 @@ def _run_shards(
     allowed = config.max_rejected_fraction * total_images
     if rejected > allowed:
         _raise_too_many_rejected(rejected, total_images, config, plan, [])
+    stats_fraction = _stats_fraction(plan, config)
     shard_task = ray.remote(num_cpus=1)(ensure_shard)
     reader_ref, store_ref = ray.put(reader), ray.put(store)
     todo = list(shard_slices(plan))
@@ -230,7 +226,15 @@ def _run_shards(
                 split, index, count, rows = todo.pop()
                 pending.append(
                     shard_task.remote(
-                        reader_ref, store_ref, split, index, count, rows, config, plan.plan_id
+                        reader_ref,
+                        store_ref,
+                        split,
+                        index,
+                        count,
+                        rows,
+                        config,
+                        plan.plan_id,
+                        stats_fraction if split == "train" else 0.0,
                     )
                 )
             [generator], _ = ray.wait(pending, num_returns=1)
@@ -279,31 +283,28 @@ def _raise_too_many_rejected(
 # Statistics and manifest
 
 
-def _shard_moments(store: ShardStore, shard: ShardInfo, rows: int) -> PixelMoments:
-    # Only the record batches that hold the first rows are read, not the shard.
-    images = store.read_rows(shard, 0, rows, ["image"])["image"]
-    return image_moments(value.as_py() for value in images)
+def _stats_fraction(plan: Plan, config: PreprocessConfig) -> float:
+    """The share of every training shard's planned rows the statistics sample."""
+    planned = plan.info["images"].get("train", 0)
+    return min(1.0, config.stats_images / planned) if planned else 0.0
 
 
 def _statistics(
-    store: ShardStore, results: list[ShardResult], config: PreprocessConfig
+    plan: Plan, results: list[ShardResult], config: PreprocessConfig
 ) -> ColourStatistics | None:
-    import ray
-
-    train = [result.info for result in results if result.info.split == "train" and result.info.rows]
-    total = sum(shard.rows for shard in train)
-    if total == 0:
+    moments = sum(
+        (result.moments for result in results if result.moments is not None),
+        PixelMoments.zero(),
+    )
+    if moments.pixels == 0:
         return None
-    fraction = min(1.0, config.stats_images / total)
-    moments_task = ray.remote(num_cpus=1)(_shard_moments)
-    store_ref = ray.put(store)
-    refs = [
-        moments_task.remote(store_ref, shard, math.ceil(shard.rows * fraction)) for shard in train
-    ]
-    moments = sum(ray.get(refs), PixelMoments.zero())
-    share = "every row" if fraction == 1 else f"the first {fraction:.2%} of the rows"
+    fraction = _stats_fraction(plan, config)
+    share = "every row" if fraction == 1 else f"the first {fraction:.2%} of the planned rows"
     # Rows are in seeded random order, so the first rows of a shard are a random sample.
-    sample = f"{share} of every training shard (stats_images={config.stats_images})"
+    sample = (
+        f"{share} of every training shard, rejected images left out "
+        f"(stats_images={config.stats_images})"
+    )
     return colour_statistics(moments, sample)
 
 

@@ -144,3 +144,37 @@ def test_pixel_statistics_come_from_the_manifest(demo_shards):
     manifest = ShardStore(demo_shards).manifest().statistics
     assert stats.mean_rgb == tuple(manifest.mean_rgb)
     assert stats.eigenvalues[0] == pytest.approx(manifest.eigenvalues[0] / 255**2)
+
+
+def test_an_epoch_started_early_gives_the_batches_it_would_have_given(demo_shards, ray_local):
+    common = dict(
+        rank=0,
+        world_size=1,
+        augmentation=TrainingAugmentation(80, 64),
+        batch_size=16,
+        cpus_per_task=0.5,
+    )
+
+    def keys(epoch, start_next_epoch):
+        batches = ingest.training_batches(
+            demo_shards, epoch=epoch, start_next_epoch=start_next_epoch, **common
+        )
+        return [key for batch in batches for key in batch["key"]]
+
+    first = keys(0, start_next_epoch=True)
+    assert ingest._EpochPrefetch._pending is not None, "epoch 1 was not started early"
+    early = keys(1, start_next_epoch=False)
+    assert ingest._EpochPrefetch._pending is None
+    assert first == keys(0, start_next_epoch=False)
+    assert early == keys(1, start_next_epoch=False)
+
+
+def test_the_epoch_order_is_kept_on_the_datasets_own_context(demo_shards, ray_local):
+    import ray.data
+
+    process_wide = ray.data.DataContext.get_current().execution_options.preserve_order
+    dataset = ingest.training_dataset(
+        demo_shards, epoch=0, rank=0, world_size=1, augmentation=TrainingAugmentation(80, 64)
+    )
+    assert dataset.context.execution_options.preserve_order
+    assert ray.data.DataContext.get_current().execution_options.preserve_order == process_wide

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.ingest import Piece, epoch_assignment, record_batch_pieces
 from pipeline.manifest import ShardInfo
+from pipeline.shard_datasource import Piece, epoch_assignment, record_batch_pieces
 from pipeline.shards import SHARD_BATCH_ROWS
 
 

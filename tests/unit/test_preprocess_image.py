@@ -15,6 +15,7 @@ from pipeline.preprocess import (
     resize,
     shrunk_size,
 )
+from pipeline.preprocess.image import resize_array
 
 
 def _photo(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -78,10 +79,10 @@ def test_dct_downscaled_decode_looks_like_a_full_decode():
     assert difference.mean() < 2.0
 
 
-def test_resize_matches_pillows_antialiased_bilinear():
+def test_resize_matches_pillows_default_antialiased_bicubic():
     image = _photo(500, 375)
     ours = np.asarray(resize(image, (341, 256)), float)
-    pillow = np.asarray(image.resize((341, 256), Image.Resampling.BILINEAR), float)
+    pillow = np.asarray(image.resize((341, 256)), float)
     assert ours.shape == pillow.shape == (256, 341, 3)
     assert np.abs(ours - pillow).mean() < 0.1
 
@@ -170,3 +171,16 @@ def test_images_above_the_pixel_limit_are_rejected_before_decoding(data):
 def test_config_names_the_bad_field(field, value, message):
     with pytest.raises(ValueError, match=message):
         PreprocessConfig(**{field: value})
+
+
+def test_resize_array_gives_torchs_interpolate_pixels_exactly():
+    import torch
+
+    pixels = np.asarray(_photo(500, 375))
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None],
+        size=(256, 341),
+        mode="bicubic",
+        antialias=True,
+    )[0].permute(1, 2, 0)
+    np.testing.assert_array_equal(resize_array(pixels, (341, 256)), expected.numpy())

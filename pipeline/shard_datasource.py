@@ -1,0 +1,177 @@
+"""The shards as a Ray Data datasource: which rows each training worker reads
+in an epoch (`epoch_assignment`, a pure function of seed and epoch; see
+`pipeline.ingest`), and read tasks over those rows that draw each row's crop
+and, for training on the CPU, decode it in the same task."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from ray.data import Datasource
+
+from pipeline.manifest import ShardInfo
+from pipeline.shards import SHARD_BATCH_ROWS, ShardStore
+from vgg.transforms import TrainingAugmentation
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows [start, stop) of one shard (its path relative to the dataset root)."""
+
+    shard: str
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+def record_batch_pieces(shards: list[ShardInfo]) -> list[Piece]:
+    """The shards cut at their record batches, the unit a reader can fetch alone."""
+    return [
+        Piece(shard.path, start, min(start + SHARD_BATCH_ROWS, shard.rows))
+        for shard in shards
+        for start in range(0, shard.rows, SHARD_BATCH_ROWS)
+    ]
+
+
+def _rng(*words: int) -> np.random.Generator:
+    return np.random.default_rng([int(w) for w in words])
+
+
+def epoch_assignment(
+    shards: list[ShardInfo], *, seed: int, epoch: int, world_size: int
+) -> list[list[Piece]]:
+    """Each worker's pieces for one epoch: the record batches permuted with
+    (seed, epoch), then cut into `world_size` runs of exactly len // world_size rows."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1; got {world_size}")
+    pieces = record_batch_pieces(shards)
+    order = _rng(seed, epoch).permutation(len(pieces))
+    total = sum(p.rows for p in pieces)
+    per_worker = total // world_size
+    assignment: list[list[Piece]] = [[] for _ in range(world_size)]
+    worker, room = 0, per_worker
+    for index in order:
+        piece = pieces[index]
+        start = piece.start
+        while start < piece.stop and worker < world_size:
+            take = min(room, piece.stop - start)
+            assignment[worker].append(Piece(piece.shard, start, start + take))
+            start += take
+            room -= take
+            if room == 0:
+                worker, room = worker + 1, per_worker
+    return assignment
+
+
+def group_pieces(pieces: list[Piece], rows_per_task: int) -> list[list[Piece]]:
+    """Consecutive pieces gathered into read tasks of about `rows_per_task` rows."""
+    groups: list[list[Piece]] = [[]]
+    rows = 0
+    for piece in pieces:
+        if rows >= rows_per_task:
+            groups.append([])
+            rows = 0
+        groups[-1].append(piece)
+        rows += piece.rows
+    return [g for g in groups if g]
+
+
+class ShardRowsDatasource(Datasource):
+    """A Ray Data datasource over chosen row ranges of the shards: one read task
+    per group of pieces, in the given order. For training it also draws each
+    row's crop (`augmentation.draw`) from a seeded generator per task, so the
+    augmentation repeats for a seed whatever Ray's batching and scheduling do;
+    with `decode` the read task decodes the crops itself, `decode_rows` at a
+    time, so the JPEG bytes never travel between tasks."""
+
+    def __init__(
+        self,
+        dataset_uri: str,
+        tasks: list[list[Piece]],
+        *,
+        augmentation: TrainingAugmentation | None = None,
+        seed_words: tuple[int, ...] = (0,),
+        shuffle: bool = False,
+        decode: bool = False,
+        decode_rows: int = 64,
+    ) -> None:
+        super().__init__()
+        self.dataset_uri = dataset_uri
+        self.tasks = tasks
+        self.augmentation = augmentation
+        self.seed_words = seed_words
+        self.shuffle = shuffle
+        self.decode = decode
+        self.decode_rows = decode_rows
+
+    def get_name(self) -> str:
+        return "ArrowShards"
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+        from ray.data.block import BlockMetadata
+        from ray.data.datasource import ReadTask
+
+        read_tasks = []
+        for index, pieces in enumerate(self.tasks):
+            metadata = BlockMetadata(
+                num_rows=sum(p.rows for p in pieces),
+                size_bytes=None,
+                input_files=tuple(sorted({p.shard for p in pieces})),
+                exec_stats=None,
+            )
+            read_tasks.append(
+                ReadTask(
+                    lambda pieces=pieces, index=index: self._blocks(pieces, index),
+                    metadata,
+                    per_task_row_limit=per_task_row_limit,
+                )
+            )
+        return read_tasks
+
+    def _blocks(self, pieces: list[Piece], index: int) -> Iterator:
+        table = self._read(pieces, index)
+        if not self.decode:
+            yield table
+            return
+        from ray.data.block import BlockAccessor
+
+        # Blocks of `decode_rows` crops: the first reach the trainer while the
+        # task decodes the rest.
+        for start in range(0, table.num_rows, self.decode_rows):
+            rows = table.slice(start, self.decode_rows)
+            batch = {name: rows[name].to_numpy(zero_copy_only=False) for name in rows.column_names}
+            yield BlockAccessor.batch_to_block(decode_training_crops(batch, self.augmentation))
+
+    def _read(self, pieces: list[Piece], index: int) -> pa.Table:
+        store = ShardStore(self.dataset_uri)
+        columns = ["key", "label", "image", "height", "width"]
+        table = pa.concat_tables(
+            [store.read_rows(p.shard, p.start, p.stop, columns) for p in pieces]
+        )
+        rng = _rng(*self.seed_words, index)
+        if self.shuffle:
+            table = table.take(rng.permutation(table.num_rows))
+        if self.augmentation is not None:
+            boxes = self.augmentation.draw(
+                table["height"].to_numpy(), table["width"].to_numpy(), rng
+            )
+            for name, column in self.augmentation.encode(boxes).items():
+                table = table.append_column(name, pa.array(column))
+        return table
+
+
+def decode_training_crops(
+    batch: dict[str, np.ndarray], augmentation: TrainingAugmentation
+) -> dict[str, np.ndarray]:
+    """Ray Data map: JPEG bytes and drawn boxes to uint8 crops (N, crop, crop, 3)."""
+    images = augmentation.decode(batch["image"], augmentation.decode_boxes(batch))
+    return {"image": images, "label": batch["label"].astype(np.int64), "key": batch["key"]}
