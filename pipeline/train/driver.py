@@ -248,7 +248,7 @@ def _fit_interruptibly(trainer, progress: ConsoleProgress):
     thread.start()
     next_poll = time.monotonic()
     while thread.is_alive():
-        thread.join(0.5)
+        thread.join(min(0.5, POLL_SECONDS))
         if time.monotonic() >= next_poll:
             progress.poll()
             next_poll = time.monotonic() + POLL_SECONDS
