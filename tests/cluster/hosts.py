@@ -13,11 +13,13 @@ job drivers included) when the hosts are taken down.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -205,6 +207,13 @@ class Hosts:
         env = self.cluster_env() | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
         return self.start(host, "ray", command, env)
 
+    def gcs_listens(self) -> bool:
+        try:
+            socket.create_connection((ADDRESSES[HEAD], GCS_PORT), timeout=2).close()
+        except OSError:
+            return False
+        return True
+
     def wait_for_services(self) -> None:
         deadline = time.monotonic() + START_SECONDS
         services = self.folder(SERVICES)
@@ -244,10 +253,8 @@ class Hosts:
             if not pids:
                 return
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             time.sleep(0.5)
 
     def close(self) -> None:
