@@ -62,6 +62,7 @@ JOB_SECONDS = 600
 def hosts():
     # Short: Ray's socket paths under each node's temp folder must fit in 107 bytes.
     cluster = Hosts(Path(tempfile.mkdtemp(prefix="vgc-", dir="/tmp")))
+    began = time.monotonic()
     try:
         cluster.build_network()
         cluster.start_object_store()
@@ -72,6 +73,7 @@ def hosts():
         cluster.wait_for_services()
         cluster.wait_for_head()
         wait_for_nodes(cluster, 2)
+        print(f"hosts up in {time.monotonic() - began:.1f}s", flush=True)
         yield cluster
     finally:
         cluster.close()
@@ -174,11 +176,17 @@ def stage_runs(uri: str) -> dict[str, list]:
 def walked(hosts):
     """Upload the source, submit, lose the worker node while a net trains with a
     worker on it, bring a new worker node up, and submit the same command again."""
+    began = time.monotonic()
+
+    def phase(what: str) -> None:  # shown with -s or on failure: where the minutes go
+        print(f"{time.monotonic() - began:6.1f}s {what}", flush=True)
+
     root = hosts.root / "client"
     make_demo_data(root / "source", per_class=40)
     store = s3(hosts)
     pafs.copy_files(str(root / "source"), f"{BUCKET}/source", destination_filesystem=store)
 
+    phase("source uploaded")
     first_log = root / "first.log"
     first = submit(hosts, first_log)
     lost = threading.Event()
@@ -186,6 +194,7 @@ def walked(hosts):
     while first.poll() is None and time.monotonic() < deadline:
         if train_worker_on(hosts, WORKER):
             kill_raylet(hosts, WORKER)
+            phase("worker node's raylet killed")
             lost.set()
             break
         time.sleep(0.2)
@@ -194,12 +203,16 @@ def walked(hosts):
     # address (as an autoscaler or KubeRay would): what is left of the old one
     # (its workers, agents and `ray start`) goes first.
     wait_for_nodes(hosts, 1)
+    phase("head marked it dead")
     hosts.kill_host(WORKER)
     hosts.start_ray(WORKER)
     wait_for_nodes(hosts, 2)
+    phase("a new worker node joined")
     first_result = finish(first, first_log)
+    phase(f"first job ended ({first_result[0]})")
     second_log = root / "second.log"
     second_result = finish(submit(hosts, second_log), second_log)
+    phase(f"second job ended ({second_result[0]})")
     config = workflow_recipe(
         "smoke", [f"data={SOURCE}", f"work_dir={WORK}", f"tracking_uri={hosts.mlflow_uri}"]
         + WORKFLOW_SETTINGS,
@@ -247,6 +260,8 @@ def test_everything_lives_in_the_object_store(hosts, walked):
     names = [info.path for info in listed if info.type == pafs.FileType.File]
     assert any(name.startswith(f"{BUCKET}/mlflow/") and name.endswith("MLmodel") for name in names)
     assert any(name.startswith(f"{BUCKET}/work/checkpoints/") for name in names)
+    with store.open_input_stream(f"{BUCKET}/work/tables.md") as tables:
+        assert "| A-36 + B-36 " in tables.read().decode()
     shard_folders = sorted(
         {name.split("/")[2] for name in names if name.startswith(f"{BUCKET}/work/shards-")}
     )
