@@ -38,7 +38,11 @@ test-extra: $(STAMP)
 
 # The README's cluster path on three hosts made of network namespaces
 # (tests/cluster): needs root and iproute2's `ip`, installed here when missing.
-test-cluster: $(STAMP)
+$(VENV)/.cluster-installed: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev,cluster]'
+	@touch $@
+
+test-cluster: $(VENV)/.cluster-installed
 	@command -v ip > /dev/null || (apt-get update -qq && apt-get install -y -qq iproute2)
 	$(BIN)/python -m pytest -m cluster tests/cluster
 

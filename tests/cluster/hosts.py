@@ -107,6 +107,12 @@ class Hosts:
     # -- the network ---------------------------------------------------------
 
     def build_network(self) -> None:
+        taken = subprocess.run(
+            ["ip", "-o", "addr", "show", "to", f"{SUBNET}.0/24"], capture_output=True, text=True
+        ).stdout
+        # A run killed before its clean-up (SIGKILL) leaves its bridge: one more
+        # with the same subnet would split the routes between them.
+        assert not taken, f"{SUBNET}.0/24 is in use here (a killed run's bridge?):\n{taken}"
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{SUBNET}.1/24", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
@@ -214,15 +220,18 @@ class Hosts:
             return False
         return True
 
-    def wait_for_services(self) -> None:
-        deadline = time.monotonic() + START_SECONDS
-        services = self.folder(SERVICES)
+    def wait_for_object_store(self) -> None:
         wait_for(
             "SeaweedFS's S3",
             lambda: answers(self.s3_endpoint, refusal_ok=True),
-            deadline,
-            services / "weed.log",
+            time.monotonic() + START_SECONDS,
+            self.folder(SERVICES) / "weed.log",
         )
+
+    def wait_for_services(self) -> None:
+        self.wait_for_object_store()
+        deadline = time.monotonic() + START_SECONDS
+        services = self.folder(SERVICES)
         wait_for(
             "mlflow server",
             lambda: answers(f"{self.mlflow_uri}/health"),
