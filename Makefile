@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-extra lint format clean
+.PHONY: demo test test-extra test-cluster lint format clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,16 @@ test: lint
 # .ci/run runs them after make test.
 test-extra: $(STAMP)
 	$(BIN)/python -m pytest -m extra
+
+# The README's cluster path on three hosts made of network namespaces
+# (tests/cluster): needs root and iproute2's `ip`, installed here when missing.
+$(VENV)/.cluster-installed: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev,cluster]'
+	@touch $@
+
+test-cluster: $(VENV)/.cluster-installed
+	@command -v ip > /dev/null || (apt-get update -qq && apt-get install -y -qq iproute2)
+	$(BIN)/python -m pytest -m cluster tests/cluster
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -65,6 +65,19 @@ def _local_copy(path: str):
     return Checkpoint(path).as_directory()
 
 
+def uri_of(checkpoint) -> str:
+    """A Ray Train checkpoint's location as one string `load` takes back. Ray
+    keeps a checkpoint in object storage as a path without its scheme
+    (`bucket/work/checkpoints/...`) beside a filesystem object; alone, that
+    path reads as a local one (and `Checkpoint(path)` refuses it)."""
+    import pyarrow.fs as pafs
+
+    filesystem = checkpoint.filesystem
+    if filesystem is None or isinstance(filesystem, pafs.LocalFileSystem):
+        return checkpoint.path
+    return f"{filesystem.type_name}://{checkpoint.path}"
+
+
 def read_config(path: str) -> tuple[TrainConfig, int]:
     with _local_copy(path) as folder:
         raw = json.loads((Path(folder) / CONFIG_FILE).read_text())

@@ -319,23 +319,26 @@ def _finish(run: tracking.Run, config: TrainConfig, result) -> TrainResult:
     """After fit: tag the best and final checkpoints, log both models."""
     best = min(result.best_checkpoints or [], key=lambda cm: cm[1][VAL_METRIC], default=None)
     final = result.checkpoint
+    # URIs, not Ray's scheme-less paths: later stages load them on any node.
+    best_uri = checkpoints.uri_of(best[0]) if best else None
+    final_uri = checkpoints.uri_of(final) if final else None
     tags = {}
-    if best is not None:
-        tags[tracking.BEST_CHECKPOINT_TAG] = best[0].path
-    if final is not None:
-        tags[tracking.FINAL_CHECKPOINT_TAG] = final.path
+    if best_uri is not None:
+        tags[tracking.BEST_CHECKPOINT_TAG] = best_uri
+    if final_uri is not None:
+        tags[tracking.FINAL_CHECKPOINT_TAG] = final_uri
     run.set_tags(tags)
 
     logged = run.get().data.tags.get(MODELS_LOGGED_TAG, "")
-    if final is not None and logged != final.path:
+    if final is not None and logged != final_uri:
         to_log = [(FINAL_MODEL, final, result.metrics or {})]
         if best is not None:
             to_log.insert(0, (BEST_MODEL, *best))
         for name, checkpoint, checkpoint_metrics in to_log:
             # Linked to the step of the epoch the checkpoint was saved at, as its metrics are.
             step = int(checkpoint_metrics.get("global_step", 0))
-            run.log_model(checkpoints.load(checkpoint.path).model, name, step=step)
-        run.set_tags({MODELS_LOGGED_TAG: final.path})
+            run.log_model(checkpoints.load(checkpoints.uri_of(checkpoint)).model, name, step=step)
+        run.set_tags({MODELS_LOGGED_TAG: final_uri})
     log_training_curves(run, title=f"{config.name} (VGG {config.config})")
 
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if isinstance(v, int | float)}
@@ -343,8 +346,8 @@ def _finish(run: tracking.Run, config: TrainConfig, result) -> TrainResult:
         run_id=run.run_id,
         run_name=config.name,
         metrics=metrics,
-        best_checkpoint=best[0].path if best else None,
-        final_checkpoint=final.path if final else None,
+        best_checkpoint=best_uri,
+        final_checkpoint=final_uri,
         epochs_run=int(metrics.get("epoch", -1)) + 1,
         registered=register_best_model(run, config),
     )

@@ -292,7 +292,7 @@ class EnsembleStage(_EvaluationStage):
 @dataclass(frozen=True)
 class TablesStage(Stage):
     """The paper's tables over every evaluation: logged on its own run and on
-    the workflow's, and written to the work folder when it is local."""
+    the workflow's, and written to the work folder."""
 
     kind: ClassVar[str] = "tables"
     nets: tuple[Net, ...]  # every net of the graph, in the tables' order
@@ -313,9 +313,13 @@ class TablesStage(Stage):
         markdown = combined_tables(self.nets, inputs)
         mlflow_run.log_text(markdown, "tables.md")
         context.parent.log_text(markdown, "tables.md")
-        if context.local_work_dir is not None:
-            context.local_work_dir.mkdir(parents=True, exist_ok=True)
-            (context.local_work_dir / "tables.md").write_text(markdown)
+        # In the work folder wherever it is: local, NFS or object storage.
+        from pipeline.shards import resolve_filesystem
+
+        filesystem, folder = resolve_filesystem(context.work_dir)
+        filesystem.create_dir(folder, recursive=True)
+        with filesystem.open_output_stream(f"{folder}/tables.md") as stream:
+            stream.write(markdown.encode())
         return {"markdown": markdown}
 
 
