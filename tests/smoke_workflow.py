@@ -27,14 +27,26 @@ class SmokeWorkflow:
 
 
 @pytest.fixture(scope="session")
-def smoke_workflow(ray_local, demo_shards, new_store) -> SmokeWorkflow:
+def smoke_workflow_store(new_store) -> tuple[Path, str]:
+    """The smoke workflow's MLflow store (folder, tracking URI), its schema made
+    now: an `mlflow server` may start on it while the workflow runs, and two
+    processes must not create one SQLite schema at once."""
+    from pipeline import tracking
+
+    root, uri = new_store("smoke-workflow")
+    tracking.client(uri).search_experiments()
+    return root, uri
+
+
+@pytest.fixture(scope="session")
+def smoke_workflow(ray_local, demo_shards, smoke_workflow_store) -> SmokeWorkflow:
     """`vggpipe run --recipe smoke --set jitter_scale=none` on the session's
     prepared demo data (so no preprocessing), every stage finished. Fails the tests that use it when any
     stage fails, with the stage's error."""
     from pipeline.recipes import workflow_recipe
     from pipeline.workflow import run
 
-    root, uri = new_store("smoke-workflow")
+    root, uri = smoke_workflow_store
     # No jittered net: a fine-tune after A-44, in series, whose 20 s make
     # test's budget cannot spare (tests/e2e/test_workflow.py makes the same cut).
     config = workflow_recipe(

@@ -50,21 +50,26 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def mlflow_ui(smoke_workflow) -> Iterator[str]:
-    """`mlflow server` on 127.0.0.1 over the smoke workflow's SQLite store; its URL."""
+def mlflow_ui(request, smoke_workflow_store) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 over the smoke workflow's SQLite store, the
+    workflow finished; its URL."""
+    root, uri = smoke_workflow_store
     port = _free_port()
     # The server's job runner (GenAI judges and scorers: six more Python
     # processes importing MLflow) is no part of browsing runs and models.
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log_path = smoke_workflow.root / "mlflow-server.log"
+    log_path = root / "mlflow-server.log"
     with log_path.open("w") as log:
         server = subprocess.Popen(
             [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
-            + ["--backend-store-uri", smoke_workflow.tracking_uri, "--workers", "1"],
+            + ["--backend-store-uri", uri, "--workers", "1"],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
+        # The server boots (seconds of imports) while the workflow runs, when no
+        # test has run it yet.
+        request.getfixturevalue("smoke_workflow")
         deadline = time.monotonic() + 180
         while True:
             try:
@@ -76,7 +81,9 @@ def mlflow_ui(smoke_workflow) -> Iterator[str]:
                 time.sleep(0.2)
         yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        # Killed: it has nothing to save (the browser only reads), and its
+        # graceful stop takes seconds.
+        os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout=60)
 
 
@@ -101,9 +108,11 @@ def chromium(request):
         reporter.write_line(f"MLflow UI screenshots: {SCREENSHOTS}")
 
 
-@pytest.fixture
-def page(chromium, mlflow_ui):
-    """A fresh browser profile's tab on the UI, tall enough for a page's content."""
+@pytest.fixture(scope="module")
+def tab(chromium, mlflow_ui):
+    """A tab with a fresh browser profile on the UI, tall enough for a page's
+    content. One for all the tests: loading the UI's scripts is most of a fresh
+    tab's first page, which moving between pages of a loaded UI skips."""
     from playwright.sync_api import expect
 
     context = chromium.new_context(base_url=mlflow_ui, viewport={"width": 1400, "height": 1000})
@@ -115,8 +124,7 @@ def page(chromium, mlflow_ui):
     )
     context.set_default_timeout(PAGE_TIMEOUT_MS)
     expect.set_options(timeout=PAGE_TIMEOUT_MS)
-    tab = context.new_page()
-    yield tab
+    yield context.new_page()
     context.close()
 
 
@@ -135,33 +143,33 @@ def _run_name(run_id: str, uri: str) -> str:
     return tracking.get_run(run_id, uri).info.run_name
 
 
-def test_workflow_parent_run_lists_its_stage_runs_nested_under_it(page, smoke_workflow):
+def test_workflow_parent_run_lists_its_stage_runs_nested_under_it(tab, smoke_workflow):
     from playwright.sync_api import expect
 
     result = smoke_workflow.result
     stage_runs = [_run_name(stage.run_id, result.tracking_uri) for stage in result.stages]
-    with screenshot_after(page, "1-workflow-runs-nested"):
-        page.goto(f"/#/experiments/{result.experiment_id}/runs")
-        parent = page.get_by_role("link", name=result.name, exact=True)
+    with screenshot_after(tab, "1-workflow-runs-nested"):
+        tab.goto(f"/#/experiments/{result.experiment_id}/runs")
+        parent = tab.get_by_role("link", name=result.name, exact=True)
         expect(parent).to_be_visible()
         # Collapsed under the parent until the user opens it.
         for name in stage_runs:
-            expect(page.get_by_role("link", name=name, exact=True)).to_have_count(0)
-        page.get_by_role("row").filter(has=parent).get_by_role("button").click()
+            expect(tab.get_by_role("link", name=name, exact=True)).to_have_count(0)
+        tab.get_by_role("row").filter(has=parent).get_by_role("button").click()
         for name in stage_runs:
-            expect(page.get_by_role("link", name=name, exact=True)).to_be_visible()
+            expect(tab.get_by_role("link", name=name, exact=True)).to_be_visible()
 
 
-def test_training_run_charts_its_loss_per_step(page, smoke_workflow):
+def test_training_run_charts_its_loss_per_step(tab, smoke_workflow):
     from playwright.sync_api import expect
 
     result = smoke_workflow.result
     run_id = smoke_workflow.stage_run_id("train/A-36")
-    with screenshot_after(page, "2-training-run-loss-chart"):
-        page.goto(f"/#/experiments/{result.experiment_id}/runs/{run_id}/model-metrics")
-        page.get_by_placeholder("Search metric charts").fill("train_loss")
-        chart = page.get_by_test_id("experiment-view-compare-runs-card").filter(
-            has=page.get_by_text("train_loss", exact=True)
+    with screenshot_after(tab, "2-training-run-loss-chart"):
+        tab.goto(f"/#/experiments/{result.experiment_id}/runs/{run_id}/model-metrics")
+        tab.get_by_placeholder("Search metric charts").fill("train_loss")
+        chart = tab.get_by_test_id("experiment-view-compare-runs-card").filter(
+            has=tab.get_by_text("train_loss", exact=True)
         )
         expect(chart).to_be_visible()
         # A metric with one value is drawn as a bar; a history as a line over
@@ -175,27 +183,27 @@ def test_training_run_charts_its_loss_per_step(page, smoke_workflow):
         assert steps == sorted(set(steps)), steps
 
 
-def test_parent_run_artifacts_show_the_tables(page, smoke_workflow):
+def test_parent_run_artifacts_show_the_tables(tab, smoke_workflow):
     from playwright.sync_api import expect
 
     result = smoke_workflow.result
-    with screenshot_after(page, "3-workflow-tables-artifact"):
-        page.goto(f"/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}/artifacts")
-        page.get_by_text("tables.md", exact=True).click()
+    with screenshot_after(tab, "3-workflow-tables-artifact"):
+        tab.goto(f"/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}/artifacts")
+        tab.get_by_text("tables.md", exact=True).click()
         # Rendered as Markdown: the paper's tables with their rows.
-        expect(page.get_by_text("Single test scale (Table 3)")).to_be_visible()
+        expect(tab.get_by_text("Single test scale (Table 3)")).to_be_visible()
         for net in ("A-36", "B-36", "A-44", "A-36 + B-36"):
-            expect(page.get_by_role("cell", name=net, exact=True).first).to_be_visible()
+            expect(tab.get_by_role("cell", name=net, exact=True).first).to_be_visible()
 
 
-def test_registered_net_carries_the_workflow_alias(page, smoke_workflow):
+def test_registered_net_carries_the_workflow_alias(tab, smoke_workflow):
     from playwright.sync_api import expect
 
-    with screenshot_after(page, "4-registered-net-alias"):
-        page.goto("/#/models/vgg-A")
-        heading = page.get_by_role("heading", name="vgg-A", exact=True)
-        expect(heading.or_(page.get_by_text("Model vgg-A does not exist"))).to_be_visible()
+    with screenshot_after(tab, "4-registered-net-alias"):
+        tab.goto("/#/models/vgg-A")
+        heading = tab.get_by_role("heading", name="vgg-A", exact=True)
+        expect(heading.or_(tab.get_by_text("Model vgg-A does not exist"))).to_be_visible()
         expect(heading, "no registered model vgg-A").to_be_visible(timeout=1_000)
         # A version whose aliases name the workflow (its parent run's name).
-        version = page.get_by_role("row").filter(has_text=smoke_workflow.result.name)
+        version = tab.get_by_role("row").filter(has_text=smoke_workflow.result.name)
         expect(version.get_by_role("link", name=re.compile(r"^Version \d+$"))).to_be_visible()
