@@ -8,21 +8,15 @@ test-artifacts/mlflow-ui/ (git-ignored; the folder is printed at the end)."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
+from tests.mlflow_server import MlflowServer
+
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "test-artifacts" / "mlflow-ui"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -43,48 +37,19 @@ PAGE_TIMEOUT_MS = 60_000
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_ui(request, smoke_workflow_store) -> Iterator[str]:
     """`mlflow server` on 127.0.0.1 over the smoke workflow's SQLite store, the
     workflow finished; its URL."""
     root, uri = smoke_workflow_store
-    port = _free_port()
-    # The server's job runner (GenAI judges and scorers: six more Python
-    # processes importing MLflow) is no part of browsing runs and models.
-    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log_path = root / "mlflow-server.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
-            + ["--backend-store-uri", uri, "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    server = MlflowServer(uri, root / "mlflow-server.log")
     try:
         # The server boots (seconds of imports) while the workflow runs, when no
         # test has run it yet.
         request.getfixturevalue("smoke_workflow")
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("mlflow server did not come up:\n" + log_path.read_text())
-                time.sleep(0.2)
-        yield url
+        yield server.wait_ready()
     finally:
-        # Killed: it has nothing to save (the browser only reads), and its
-        # graceful stop takes seconds.
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=60)
+        server.stop()
 
 
 @pytest.fixture(scope="module")
