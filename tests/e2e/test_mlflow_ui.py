@@ -53,6 +53,14 @@ def mlflow_ui(request, smoke_workflow_store) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
+def workflow(mlflow_ui, request):
+    """The finished smoke workflow the UI shows. Through `mlflow_ui`: pytest sets
+    up a test's session fixtures before its module ones, so a test asking for
+    `smoke_workflow` itself would run the workflow before the server starts."""
+    return request.getfixturevalue("smoke_workflow")
+
+
+@pytest.fixture(scope="module")
 def chromium(request):
     """Debian's Chromium, headless, through Playwright (never `playwright install`)."""
     if not CHROMIUM.exists():
@@ -108,10 +116,10 @@ def _run_name(run_id: str, uri: str) -> str:
     return tracking.get_run(run_id, uri).info.run_name
 
 
-def test_workflow_parent_run_lists_its_stage_runs_nested_under_it(tab, smoke_workflow):
+def test_workflow_parent_run_lists_its_stage_runs_nested_under_it(tab, workflow):
     from playwright.sync_api import expect
 
-    result = smoke_workflow.result
+    result = workflow.result
     stage_runs = [_run_name(stage.run_id, result.tracking_uri) for stage in result.stages]
     with screenshot_after(tab, "1-workflow-runs-nested"):
         tab.goto(f"/#/experiments/{result.experiment_id}/runs")
@@ -125,11 +133,11 @@ def test_workflow_parent_run_lists_its_stage_runs_nested_under_it(tab, smoke_wor
             expect(tab.get_by_role("link", name=name, exact=True)).to_be_visible()
 
 
-def test_training_run_charts_its_loss_per_step(tab, smoke_workflow):
+def test_training_run_charts_its_loss_per_step(tab, workflow):
     from playwright.sync_api import expect
 
-    result = smoke_workflow.result
-    run_id = smoke_workflow.stage_run_id("train/A-36")
+    result = workflow.result
+    run_id = workflow.stage_run_id("train/A-36")
     with screenshot_after(tab, "2-training-run-loss-chart"):
         tab.goto(f"/#/experiments/{result.experiment_id}/runs/{run_id}/model-metrics")
         tab.get_by_placeholder("Search metric charts").fill("train_loss")
@@ -144,14 +152,14 @@ def test_training_run_charts_its_loss_per_step(tab, smoke_workflow):
         ).to_be_visible(timeout=15_000)
         plot = chart.locator(".js-plotly-plot")
         steps = plot.evaluate("plot => plot.data[0].x")
-        assert len(steps) > smoke_workflow.config.base_epochs, steps
+        assert len(steps) > workflow.config.base_epochs, steps
         assert steps == sorted(set(steps)), steps
 
 
-def test_parent_run_artifacts_show_the_tables(tab, smoke_workflow):
+def test_parent_run_artifacts_show_the_tables(tab, workflow):
     from playwright.sync_api import expect
 
-    result = smoke_workflow.result
+    result = workflow.result
     with screenshot_after(tab, "3-workflow-tables-artifact"):
         tab.goto(f"/#/experiments/{result.experiment_id}/runs/{result.parent_run_id}/artifacts")
         tab.get_by_text("tables.md", exact=True).click()
@@ -161,7 +169,7 @@ def test_parent_run_artifacts_show_the_tables(tab, smoke_workflow):
             expect(tab.get_by_role("cell", name=net, exact=True).first).to_be_visible()
 
 
-def test_registered_net_carries_the_workflow_alias(tab, smoke_workflow):
+def test_registered_net_carries_the_workflow_alias(tab, workflow):
     from playwright.sync_api import expect
 
     with screenshot_after(tab, "4-registered-net-alias"):
@@ -170,5 +178,5 @@ def test_registered_net_carries_the_workflow_alias(tab, smoke_workflow):
         expect(heading.or_(tab.get_by_text("Model vgg-A does not exist"))).to_be_visible()
         expect(heading, "no registered model vgg-A").to_be_visible(timeout=1_000)
         # A version whose aliases name the workflow (its parent run's name).
-        version = tab.get_by_role("row").filter(has_text=smoke_workflow.result.name)
+        version = tab.get_by_role("row").filter(has_text=workflow.result.name)
         expect(version.get_by_role("link", name=re.compile(r"^Version \d+$"))).to_be_visible()
