@@ -145,8 +145,9 @@ def test_training_run_charts_its_loss_per_step(tab, workflow):
             has=tab.get_by_text("train_loss", exact=True)
         )
         expect(chart).to_be_visible()
-        # A metric with one value is drawn as a bar; a history as a line over
-        # the step axis (the global training step), within moments of the card.
+        # A metric logged at step 0 only is drawn as a bar; others as a line
+        # over the step axis (the global training step), within moments of the
+        # card. The points it draws, read from the plot, are the history.
         expect(
             chart.get_by_text("Step", exact=True), "train_loss is not drawn over steps"
         ).to_be_visible(timeout=15_000)
