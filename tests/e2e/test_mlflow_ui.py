@@ -178,6 +178,8 @@ def test_registered_net_carries_the_workflow_alias(tab, workflow):
         heading = tab.get_by_role("heading", name="vgg-A", exact=True)
         expect(heading.or_(tab.get_by_text("Model vgg-A does not exist"))).to_be_visible()
         expect(heading, "no registered model vgg-A").to_be_visible(timeout=1_000)
-        # A version whose aliases name the workflow (its parent run's name).
-        version = tab.get_by_role("row").filter(has_text=workflow.result.name)
+        # A version with an alias ("@ <alias>") naming the workflow (its parent
+        # run's name); not its tags, which the versions table shows too.
+        alias = tab.get_by_text(re.compile(rf"^@\s*{re.escape(workflow.result.name)}"))
+        version = tab.get_by_role("row").filter(has=alias).first
         expect(version.get_by_role("link", name=re.compile(r"^Version \d+$"))).to_be_visible()
