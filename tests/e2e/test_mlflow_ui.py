@@ -76,9 +76,13 @@ def chromium(request):
         )
         yield browser
         browser.close()
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"MLflow UI screenshots: {SCREENSHOTS}")
+    # On the console, passed or failed: pytest keeps a fixture's output for the
+    # report of a failed test only.
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\nMLflow UI screenshots: {SCREENSHOTS}")
 
 
 @pytest.fixture(scope="module")
