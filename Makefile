@@ -28,7 +28,17 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+# Debian's Chromium, for tests/e2e/test_mlflow_ui.py (Playwright drives it; no
+# browser download). Without recommends: they bring systemd, avahi, samba and
+# printer tools; the fonts are the one recommended package the pages need.
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		chromium fonts-liberation
+
+test: lint $(CHROMIUM)
 	$(BIN)/python -m pytest --durations=15
 
 # Checks too long for make test's budget (benchmarks/gpu_check.py on the CPU);

@@ -31,6 +31,10 @@ if "RAY_TMPDIR" not in os.environ or os.environ.get("VGGPIPE_TESTS_SET_RAY_TMPDI
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", DEMO_HEALTH_CHECK_SECONDS)
 
 from tests.ray_head import ray_head  # noqa: F401 (a fixture: a Ray head with the Jobs API)
+from tests.smoke_workflow import (  # noqa: F401 (fixtures: the finished smoke workflow, its store)
+    smoke_workflow,
+    smoke_workflow_store,
+)
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from pipeline.demo_data import make_demo_data
 from pipeline.recipes import workflow_recipe
 from pipeline.workflow import net_alias, plan, workflow_name
 from pipeline.workflow.scheduler import DONE_TAG, FINGERPRINT_TAG, STAGE_KEY_TAG
+from tests.mlflow_server import MlflowServer
 from tests.ray_head import clean_env
 
 BIN = Path(sys.executable).parent
@@ -33,40 +32,20 @@ EXPERIMENT = "vggpipe"
 pytestmark = [pytest.mark.slow, pytest.mark.extra]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """`mlflow server` on 127.0.0.1 with its own SQLite store and artifact folder."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    with (root / "server.log").open("w") as log:
-        server = subprocess.Popen(
-            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port)]
-            + ["--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
-            + ["--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                os.killpg(server.pid, signal.SIGKILL)
-                pytest.fail("mlflow server did not come up:\n" + (root / "server.log").read_text())
-            time.sleep(0.5)
-    yield uri, root / "artifacts"
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=60)
+    server = MlflowServer(
+        f"sqlite:///{root / 'mlflow.db'}",
+        root / "server.log",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+    )
+    try:
+        yield server.wait_ready(), root / "artifacts"
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
