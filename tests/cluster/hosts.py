@@ -52,6 +52,19 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
 
+def namespaces_unavailable() -> str | None:
+    """Why this machine cannot make network namespaces (a container without
+    CAP_NET_ADMIN, no `ip`), or None when it can: asked by making one."""
+    if shutil.which("ip") is None:
+        return "iproute2's `ip` is not installed (make test-cluster installs it)"
+    probe = f"vgc-probe-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"cannot create a network namespace: {made.stderr.strip() or made.returncode}"
+    subprocess.run(["ip", "netns", "delete", probe], capture_output=True)
+    return None
+
+
 def wait_for(what: str, ready, deadline: float, log: Path | None = None) -> None:
     while not ready():
         if time.monotonic() > deadline:

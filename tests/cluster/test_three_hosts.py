@@ -41,6 +41,7 @@ from tests.cluster.hosts import (
     SERVICES,
     WORKER,
     Hosts,
+    namespaces_unavailable,
     wait_for,
 )
 
@@ -60,6 +61,8 @@ JOB_SECONDS = 600
 
 @pytest.fixture(scope="module")
 def hosts():
+    if reason := namespaces_unavailable():
+        pytest.skip(f"three hosts need network namespaces: {reason}")
     # Short: Ray's socket paths under each node's temp folder must fit in 107 bytes.
     cluster = Hosts(Path(tempfile.mkdtemp(prefix="vgc-", dir="/tmp")))
     began = time.monotonic()
