@@ -12,9 +12,12 @@ process) on all cores, in wall-clock time over `--epochs` consecutive epochs
 after a warm one (steady state, epoch boundaries included), divided by the
 core count. The in-process figure is taken before and after the Ray Data one
 and the better kept, so that load from elsewhere does not flatter the ratio.
-Also the decode-only bound: a full Pillow decode of the stored images.
+Also the decode-only bound: a full Pillow decode of the stored images, and
+with `--threads 2,4` the in-process decode on a thread pool of that size (what
+a user might try before Ray Data; Pillow releases the GIL only while it
+decodes and resamples).
 
-    python -m benchmarks.ingest --source DIR [--epochs 2] [--only-256]
+    python -m benchmarks.ingest --source DIR [--epochs 2] [--only-256] [--threads 2,4]
     python -m benchmarks.ingest      # makes a photo source (benchmarks/photos.py)
 
 SOURCE is an ILSVRC-2012 folder layout (train/<wnid>/*.JPEG). Without it the
@@ -36,7 +39,7 @@ import torch
 from PIL import Image
 
 from benchmarks.photos import describe_source, make_photo_source
-from vgg.transforms import TrainingAugmentation
+from vgg.transforms import TrainingAugmentation, decode_crop
 
 CROP = 224
 
@@ -92,6 +95,21 @@ def ours_rate(rows, scale, batch: int) -> tuple[float, float]:
         jpegs, heights, widths = zip(*rows[first : first + batch], strict=True)
         augmentation.decode(jpegs, augmentation.draw(heights, widths, rng))
     return len(rows) / (time.perf_counter() - start), len(rows) / (time.process_time() - cpu_start)
+
+
+def threaded_rate(rows, scale, threads: int) -> float:
+    """`ours_rate`'s decode spread over `threads` threads of one process (what a
+    user might try before Ray Data): images per second of wall time, all threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    augmentation = TrainingAugmentation(scale, CROP)
+    jpegs, heights, widths = zip(*rows, strict=True)
+    boxes = augmentation.draw(heights, widths, np.random.default_rng(0))
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(decode_crop, jpegs, boxes):
+            pass
+    return len(rows) / (time.perf_counter() - start)
 
 
 def decode_only_rate(rows) -> float:
@@ -160,6 +178,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--epochs", type=int, default=2, help="timed Ray Data epochs")
     parser.add_argument("--only-256", action="store_true", help="only S=256 from 256-px shards")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray Data pipeline figure")
+    parser.add_argument(
+        "--threads",
+        default="",
+        help="also time the in-process decode on these thread counts, e.g. 2,4 (S=256)",
+    )
     args = parser.parse_args(argv)
 
     import ray
@@ -218,6 +241,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             f"{pipeline:.0f} | {pipeline / ours:.2f}x | {ours_cpu:.0f} / {pipeline_cpu:.0f} / "
             f"{pipeline_cpu / ours_cpu:.2f}x"
         )
+    for threads in [int(n) for n in args.threads.split(",") if n]:
+        rate = threaded_rate(rows[256], 256, threads)
+        results[f"in-process {threads} threads, all cores S=256 stored=256"] = rate
+        print(f"in-process decode on {threads} threads, S=256: {rate:.0f} images/s in all")
     for side in shards:
         rate = decode_only_rate(rows[side])
         results[f"decode-only stored={side}"] = rate
