@@ -262,7 +262,10 @@ def _kill_a_train_worker_after_first_checkpoint(run_dir: Path, killed: list[int]
             return
 
 
+# 30-50 s of a second smoke training: make test-extra, which .ci/run runs; make
+# test keeps a killed command's resume (tests/chaos).
 @pytest.mark.slow
+@pytest.mark.extra
 def test_killed_worker_resumes_from_its_checkpoint_with_the_same_result(
     smoke_run, demo_shards, store
 ):
