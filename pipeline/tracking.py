@@ -26,7 +26,7 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 import vgg
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, NotFoundError
 
 DEFAULT_STORE = "mlflow.db"
 RUN_NAME_TAG = "vggpipe.run_name"
@@ -354,13 +354,20 @@ def load_logged_net(model_uri: str, uri: str | None = None):
     JSON arguments and safetensors weights are read: nothing the store holds is
     unpickled or run (unlike `mlflow.pyfunc.load_model`, which runs the
     model's code file)."""
+    from mlflow.exceptions import MlflowException
+
     from pipeline import mlflow_vgg_model
     from vgg.weights import load_net
 
     client(uri)
     # The weights are read into memory: the download need not outlive the call.
     with tempfile.TemporaryDirectory(prefix="vggpipe-model-") as destination:
-        download = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=destination)
+        try:
+            download = mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri, dst_path=destination
+            )
+        except MlflowException as error:  # a path the run does not hold, a store's refusal
+            raise NotFoundError(f"{model_uri}: {error.message}") from error
         # A fixed place inside the download, not one the model's MLmodel file names.
         net_folder = Path(download) / "artifacts" / mlflow_vgg_model.NET_ARTIFACT
         if not net_folder.is_dir():

@@ -88,7 +88,8 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
         "the table (config, training S, test Q, protocol, top-1 and top-5 error), also written "
         "as Markdown, CSV and JSON to --output and logged to MLflow: on each net's run, and "
         "on a new evaluation run for an ensemble, several nets, or a net with no run.",
-        epilog="MODEL is an MLflow run id (its best checkpoint), a registered model "
+        epilog="MODEL is an MLflow run id (its best checkpoint), a model a run logged "
+        "(runs:/RUN_ID/best_model or /final_model), a registered model "
         "(models:/NAME/VERSION, models:/NAME@ALIAS or NAME/VERSION), a checkpoint folder, or a "
         "torchvision VGG state dict file (.pth; normalised with torchvision's mean and std). "
         "Scale sets: 'single' is Q = S (the middle of [Smin, Smax] when jittered), 'multi' is "

@@ -2,8 +2,9 @@
 architecture, its weights and what the table needs to know about it.
 
 A reference is a torchvision state dict file (.pth, .pt), an MLflow run id (its
-best checkpoint), a checkpoint folder or URI, or a registered model
-("models:/name/version", "models:/name@alias", "name/version"). Weights stay on
+best checkpoint), a model a run logged ("runs:/<run id>/best_model"), a
+checkpoint folder or URI, or a registered model ("models:/name/version",
+"models:/name@alias", "name/version"). Weights stay on
 the CPU here; they cross to the workers through the object store.
 """
 
@@ -178,25 +179,29 @@ def _from_torchvision_file(reference: str) -> LoadedModel:
     return model, state_dict
 
 
-def _from_registry(reference: str, version, uri: str) -> LoadedModel:
+def _from_logged_model(
+    reference: str, model_uri: str, run_id: str | None, label: str, source: str, uri: str
+) -> LoadedModel:
+    """A model `tracking.Run.log_model` logged, by its MLflow URI; what the
+    table needs from the run that logged it (`run_id`), when there is one."""
     from pipeline import tracking
     from vgg.evaluation import architecture_of
 
-    net = tracking.load_logged_net(f"models:/{version.name}/{version.version}", uri)
+    net = tracking.load_logged_net(model_uri, uri)
     state_dict = net.state_dict()
-    params = tracking.get_run(version.run_id, uri).data.params if version.run_id else {}
+    params = tracking.get_run(run_id, uri).data.params if run_id else {}
     train_scale = None
     if params.get("scale_min") and params.get("scale_max"):
         train_scale = (int(params["scale_min"]), int(params["scale_max"]))
     model = EvaluatedModel(
-        label=f"{version.name}/v{version.version}",
+        label=label,
         reference=reference,
-        source="registered",
+        source=source,
         architecture=architecture_of(state_dict),
         train_scale=train_scale,
         mean_rgb=(0.0, 0.0, 0.0),
         std_rgb=None,
-        run_id=version.run_id or None,
+        run_id=run_id,
         data=params.get("data") or None,
     )
     return model, state_dict
@@ -221,12 +226,28 @@ def load_model(reference: str, uri: str) -> LoadedModel:
         # Ray's Checkpoint takes absolute paths or URIs only.
         path = os.path.abspath(reference) if exists else reference
         return _from_checkpoint(reference, path, "checkpoint", None, None, uri)
+    if reference.startswith("runs:/"):
+        run_id, _, name = reference.removeprefix("runs:/").partition("/")
+        if not name:
+            raise ConfigError(f"{reference!r} names no model: runs:/<run id>/best_model")
+        run = tracking.get_run_or_none(run_id, uri) if checkpoints.RUN_ID.match(run_id) else None
+        if run is None:
+            raise NotFoundError(f"{reference!r}: no MLflow run {run_id!r} in {uri}")
+        label = run.data.tags.get("mlflow.runName") or run_id[:8]
+        return _from_logged_model(reference, reference, run_id, label, "run", uri)
     version = tracking.registered_model_version(reference, uri)
     if version is not None:
-        return _from_registry(reference, version, uri)
+        return _from_logged_model(
+            reference,
+            f"models:/{version.name}/{version.version}",
+            version.run_id or None,
+            f"{version.name}/v{version.version}",
+            "registered",
+            uri,
+        )
     raise NotFoundError(
-        f"{reference!r} is not a state dict file, an MLflow run id, a checkpoint or a "
-        f"registered model in {uri}"
+        f"{reference!r} is not a state dict file, an MLflow run id, a logged model "
+        f"(runs:/<run id>/<name>), a checkpoint or a registered model in {uri}"
     )
 
 

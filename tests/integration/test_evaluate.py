@@ -17,6 +17,7 @@ import torchvision
 
 from pipeline import checkpoints, tracking
 from pipeline.cli import main
+from pipeline.errors import NotFoundError
 from pipeline.evaluation import evaluate, load_model
 from pipeline.ingest import pixel_statistics, record_batch_pieces
 from pipeline.recipes import recipe
@@ -316,6 +317,25 @@ def test_a_registered_model_is_evaluated_on_its_run_and_a_quick_check_leaves_it_
     assert history() == recorded
     evaluation = tracking.get_run(quick.evaluation_run_id, uri).data.metrics
     assert evaluation[key] == pytest.approx(quick.rows[0].top1_error / 100)
+
+
+def test_a_model_a_run_logged_loads_by_its_runs_uri(demo_nets):
+    """`runs:/<run id>/best_model`, as MLflow's UI and guides name a logged model."""
+    uri = demo_nets["uri"]
+    config = demo_nets["nets"][0]["config"]
+    model = checkpoints.load(demo_nets["nets"][0]["checkpoint"]).model
+    run = tracking.start_run("eval-logged", config.experiment, uri=uri, config=config)
+    run.log_model(model, "best_model")
+    run.end()
+
+    loaded, weights = load_model(f"runs:/{run.run_id}/best_model", tracking.tracking_uri(uri))
+    assert (loaded.label, loaded.run_id, loaded.source) == ("eval-logged", run.run_id, "run")
+    assert loaded.train_scale == (config.scale_min, config.scale_max)
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(NotFoundError, match="no MLflow run"):
+        load_model(f"runs:/{'0' * 32}/best_model", tracking.tracking_uri(uri))
+    with pytest.raises(NotFoundError, match="nothing"):
+        load_model(f"runs:/{run.run_id}/nothing", tracking.tracking_uri(uri))
 
 
 def test_cli_prints_the_table_and_fails_in_one_line(demo_nets, tmp_path, capsys):
