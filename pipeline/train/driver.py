@@ -85,6 +85,24 @@ class _Checked:
     train_images: int
 
 
+def _refuse_a_start_the_workers_cannot_take(
+    field: str, reference: str, start: TrainConfig, config: TrainConfig
+) -> None:
+    """init_from copies net A's layers (`vgg.init_from_shallower`); resume_from
+    loads every layer of the same net. Either refused here, in one line before
+    Ray starts, rather than in every worker."""
+    wanted = "A" if field == "init_from" else config.config
+    if start.config != wanted:
+        role = "copies net A's layers" if field == "init_from" else "continues the same config"
+        raise ConfigError(f"{field} {role}: {reference} is config {start.config}, not {wanted}")
+    for name in ("width", "crop_size"):
+        if getattr(start, name) != getattr(config, name):
+            raise ConfigError(
+                f"{field}: {reference} has {name} {getattr(start, name)}, "
+                f"this run {getattr(config, name)}"
+            )
+
+
 def _check(config: TrainConfig) -> _Checked:
     # Workers and Ray Data tasks do not share the driver's working folder:
     # every local path crosses the Ray boundary absolute.
@@ -102,13 +120,15 @@ def _check(config: TrainConfig) -> _Checked:
     uri = tracking.tracking_uri(config.tracking_uri)
     init_from = checkpoints.resolve(config.init_from, uri) if config.init_from else None
     resume_from = checkpoints.resolve(config.resume_from, uri) if config.resume_from else None
-    for reference, path in ((config.init_from, init_from), (config.resume_from, resume_from)):
+    for field, path in (("init_from", init_from), ("resume_from", resume_from)):
         if path:
             start, start_classes = checkpoints.read_config(path)
+            reference = getattr(config, field)
             if start_classes != num_classes:
                 raise ConfigError(
                     f"{reference} was trained on {start_classes} classes, the data has {num_classes}"
                 )
+            _refuse_a_start_the_workers_cannot_take(field, reference, start, config)
 
     tags = {
         tracking.STAGE_TAG: "train",

@@ -23,7 +23,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline import checkpoints, cli, tracking
-from pipeline.config import flat_params
+from pipeline.config import ConfigError, flat_params
 from pipeline.recipes import recipe
 from pipeline.shards import ShardStore
 from pipeline.train import driver, train
@@ -237,6 +237,18 @@ def test_d_from_a_records_the_copied_layers_and_they_equal_net_a(smoke_run, demo
         "features.3.weight"
     ].shape or not torch.allclose(net_d["features.2.weight"], net_a["features.3.weight"])
     assert net_d["features.2.weight"].abs().sum() > 0
+
+    # What the workers could not start from is refused before Ray, in one line:
+    # only net A's layers are copied, and resuming needs the same net.
+    for overrides, refusal in (
+        (["config=E", f"init_from={result.run_id}"], "init_from copies net A's layers: "),
+        (["config=A", f"resume_from={result.run_id}"], "resume_from continues the same config: "),
+        (["config=D", "width=0.125", f"resume_from={result.run_id}"], "has width 0.0625, this"),
+    ):
+        bad = _config(demo_shards, store, "smoke-bad-start", *overrides)
+        with pytest.raises(ConfigError, match=re.escape(refusal)):
+            train(bad)
+    assert tracking.find_run("smoke-bad-start", bad.experiment, store["uri"], stage="train") is None
 
 
 def _checkpoint_registered(run_dir: Path) -> bool:
