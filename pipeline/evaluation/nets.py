@@ -207,6 +207,11 @@ def _from_logged_model(
     return model, state_dict
 
 
+def _run_label(run) -> str:
+    """A net's name in the table: its run's name, else the run id's start."""
+    return run.data.tags.get("mlflow.runName") or run.info.run_id[:8]
+
+
 def load_model(reference: str, uri: str) -> LoadedModel:
     """A net from any reference the stage takes (see the module docstring),
     and its weights on the CPU."""
@@ -220,8 +225,7 @@ def load_model(reference: str, uri: str) -> LoadedModel:
         if run is None:
             raise NotFoundError(f"no MLflow run {reference} in {uri}")
         path = checkpoints.resolve(reference, uri)
-        label = run.data.tags.get("mlflow.runName") or reference[:8]
-        return _from_checkpoint(reference, path, "run", reference, label, uri)
+        return _from_checkpoint(reference, path, "run", reference, _run_label(run), uri)
     if exists or "://" in reference:
         # Ray's Checkpoint takes absolute paths or URIs only.
         path = os.path.abspath(reference) if exists else reference
@@ -233,8 +237,7 @@ def load_model(reference: str, uri: str) -> LoadedModel:
         run = tracking.get_run_or_none(run_id, uri) if checkpoints.RUN_ID.match(run_id) else None
         if run is None:
             raise NotFoundError(f"{reference!r}: no MLflow run {run_id!r} in {uri}")
-        label = run.data.tags.get("mlflow.runName") or run_id[:8]
-        return _from_logged_model(reference, reference, run_id, label, "run", uri)
+        return _from_logged_model(reference, reference, run_id, _run_label(run), "run", uri)
     version = tracking.registered_model_version(reference, uri)
     if version is not None:
         return _from_logged_model(
