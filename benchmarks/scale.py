@@ -161,6 +161,7 @@ def run_phases(train: int, val: int, scratch: Path) -> dict[str, tuple[str, Meas
     """{phase: (kind "once"/"epoch", Measured, note)} at this size."""
     from pipeline.ingest import evaluation_dataset, training_dataset
     from pipeline.shard_datasource import epoch_assignment
+    from pipeline.train.config import TrainConfig
     from vgg.transforms import TrainingAugmentation
 
     root = scratch / f"source-{train}"
@@ -202,6 +203,19 @@ def run_phases(train: int, val: int, scratch: Path) -> dict[str, tuple[str, Meas
             )
         )
         phases[f"epoch dataset, {workers} workers"] = ("epoch", measured, "each worker, rank 0")
+    # A training worker plans the whole run's stream at its start: every epoch.
+    epochs = TrainConfig().epochs
+    measured, _ = measure(
+        lambda: training_dataset(
+            str(output),
+            epoch=0,
+            stop_epoch=epochs,
+            rank=0,
+            world_size=8,
+            augmentation=augmentation,
+        )
+    )
+    phases[f"run's dataset, {epochs} epochs, 8 workers"] = ("once", measured, "each worker, rank 0")
     measured, _ = measure(
         lambda: evaluation_dataset(str(output), scale=256, view="dense", rank=0, world_size=8)
     )

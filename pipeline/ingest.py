@@ -6,7 +6,7 @@ those read tasks on whatever CPUs the cluster has, and each training worker rece
 uint8 crops to finish on its own device. What is drawn, decoded and finished
 is `vgg.transforms.TrainingAugmentation`, passed through here as one object.
 
-Why each worker builds its own epoch dataset instead of taking a split of one
+Why each worker builds its own dataset of its epochs instead of taking a split of one
 shared dataset (`ray.train.get_dataset_shard`): Ray Data's streaming split hands
 blocks to whichever worker asks first and re-runs the same plan every epoch, so
 it can give neither an order that changes per epoch nor one that repeats for a
@@ -15,14 +15,14 @@ batches of the shards (rows within a shard are already in a seeded random
 order) are permuted, cut into `world_size` equal contiguous runs, and each
 worker reads its run, rows shuffled within each read task. Every image goes to
 exactly one worker per epoch; the `len % world_size` rows left over, and each
-worker's last partial batch, wait for the next epoch's permutation.
+worker's rows short of a whole step (never read), wait for the next epoch's
+permutation. One dataset streams a worker's epochs back to back
+(`training_dataset`), so no core waits at an epoch boundary.
 Evaluation has no such need and uses `get_dataset_shard` / plain datasets.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -32,9 +32,9 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from pipeline.errors import ConfigError
 from pipeline.shard_datasource import (
     ShardRowsDatasource,
-    epoch_assignment,
-    group_pieces,
+    epoch_tasks,
     record_batch_pieces,
+    row_tasks,
 )
 from pipeline.shards import ShardStore
 from vgg.transforms import (
@@ -55,37 +55,60 @@ def training_dataset(
     augmentation: TrainingAugmentation,
     seed: int = 0,
     decode: bool = True,
-    rows_per_task: int = 1024,
+    stop_epoch: int | None = None,
+    rows_per_epoch: int | None = None,
+    rows_per_task: int = 2048,
     decode_batch_rows: int = 64,
     cpus_per_task: float = 1.0,
 ):
-    """Worker `rank`'s training rows for `epoch` as a Ray Data dataset, in a
-    seeded order. With `decode` the rows are uint8 crops ready for the device,
-    decoded in the read tasks themselves; without, JPEG bytes and each row's
-    drawn box (for decoding on a GPU)."""
+    """Worker `rank`'s training rows as a Ray Data dataset: epochs `epoch` up to
+    `stop_epoch` (default: `epoch` alone) back to back, each in its seeded order
+    and cut to its first `rows_per_epoch` rows (default: the whole share). With
+    `decode` the rows are uint8 crops ready for the device, decoded in the read
+    tasks themselves; without, JPEG bytes and each row's drawn box (for
+    decoding on a GPU).
+
+    One dataset for many epochs, not one per epoch: Ray Data runs it as one
+    stream, so the next epoch's read tasks start as soon as this one's leave a
+    CPU free; a dataset per epoch left a core idle for an epoch's last task at
+    every boundary, and one started early shares the CPUs with the current one
+    (Ray Data splits the cluster between running datasets). Read tasks of
+    `rows_per_task` rows: Ray Data starts the next task 0.1-0.25 s after one
+    ends (measured on 2 cores), so the larger the task, the less of that gap
+    per image; the decoded crops still leave each task `decode_batch_rows` at a
+    time."""
     import ray.data
 
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}); got {rank}")
-    store = ShardStore(dataset_uri)
-    pieces = epoch_assignment(store.shards("train"), seed=seed, epoch=epoch, world_size=world_size)[
-        rank
+    shards = ShardStore(dataset_uri).shards("train")
+    tasks = [
+        task
+        for each in range(epoch, epoch + 1 if stop_epoch is None else stop_epoch)
+        for task in epoch_tasks(
+            shards,
+            seed=seed,
+            epoch=each,
+            rank=rank,
+            world_size=world_size,
+            rows=rows_per_epoch,
+            rows_per_task=rows_per_task,
+        )
     ]
     source = ShardRowsDatasource(
         dataset_uri,
-        group_pieces(pieces, rows_per_task),
+        tasks,
         augmentation=augmentation,
-        seed_words=(seed, epoch, rank),
         shuffle=True,
         decode=decode,
         decode_rows=decode_batch_rows,
     )
     dataset = ray.data.read_datasource(
         source,
-        override_num_blocks=max(1, len(source.tasks)),
+        override_num_blocks=max(1, len(tasks)),
         num_cpus=cpus_per_task,
     )
-    # The epoch's order is the plan above; Ray must not reorder finished blocks.
+    # The epochs' order is the plan above; Ray must not reorder finished blocks.
     # Set on this dataset's own copy of the DataContext (read_datasource took
     # one), not on the process-wide one other datasets share.
     dataset.context.execution_options.preserve_order = True
@@ -109,6 +132,24 @@ class CropBatchCollate(NumpyBatchCollateFn):
         }
 
 
+def batches_per_epoch(
+    dataset_uri: str,
+    *,
+    world_size: int,
+    batch_size: int,
+    batches_per_step: int = 1,
+    max_batches: int | None = None,
+) -> int:
+    """How many batches each worker gets per epoch: its share of the training
+    rows (`epoch_assignment`: the same for every worker) in whole steps of
+    `batches_per_step` batches, at most `max_batches`."""
+    rows = sum(shard.rows for shard in ShardStore(dataset_uri).shards("train"))
+    steps = rows // world_size // (batch_size * batches_per_step)
+    if max_batches is not None:
+        steps = min(steps, max_batches // batches_per_step)
+    return steps * batches_per_step
+
+
 def training_batches(
     dataset_uri: str,
     *,
@@ -122,19 +163,33 @@ def training_batches(
     device: torch.device | str = "cpu",
     prefetch_batches: int = 2,
     cpus_per_task: float = 1.0,
-    start_next_epoch: bool = True,
+    stop_epoch: int | None = None,
+    batches_per_step: int = 1,
+    max_batches: int | None = None,
 ) -> Iterator[dict[str, object]]:
-    """One epoch of worker `rank`'s batches: {"image": uint8 NHWC on `device`,
-    "label": int64, "key": list of str}; the last partial batch is dropped.
+    """Epoch `epoch` of worker `rank`'s batches: {"image": uint8 NHWC on
+    `device`, "label": int64, "key": list of str}, `batches_per_epoch` of them
+    (whole steps of `batches_per_step`, at most `max_batches`): the rows of a
+    partial last step are not read.
 
     decode_on="cpu" decodes in Ray Data tasks on the cluster's CPUs;
     decode_on="device" ships the JPEG bytes and decodes on `device` with
     torchvision's decoder (nvJPEG on a GPU), so the CPUs only read bytes.
-    With `start_next_epoch`, epoch + 1's dataset starts (same arguments) as
-    this one's last read tasks run, so a worker does not wait at the epoch
-    boundary; the next call for epoch + 1 takes its batches."""
+
+    With `stop_epoch`, the call streams epochs up to it in one dataset
+    (`training_dataset`) and keeps it: the next call, for epoch + 1 with the
+    same arguments, takes its batches from the same stream, already under way.
+    A call for any other epoch or arguments, or after this epoch's batches were
+    not all taken, starts a new stream (and ends the old one: `end_training_batches`)."""
     if decode_on not in ("cpu", "device"):
         raise ValueError(f"decode_on must be 'cpu' or 'device'; got {decode_on!r}")
+    count = batches_per_epoch(
+        dataset_uri,
+        world_size=world_size,
+        batch_size=batch_size,
+        batches_per_step=batches_per_step,
+        max_batches=max_batches,
+    )
     arguments = (
         dataset_uri,
         rank,
@@ -145,17 +200,12 @@ def training_batches(
         decode_on,
         prefetch_batches,
         cpus_per_task,
+        count,
     )
-    batches = _EpochPrefetch.take(arguments, epoch)
-    if batches is None:
-        batches = _epoch_batches(*arguments, epoch=epoch)
-    # Every worker's share is the same length (`epoch_assignment`).
-    rows = sum(shard.rows for shard in ShardStore(dataset_uri).shards("train")) // world_size
-    # Start the next epoch once this one's last read tasks are under way.
-    start_at = max(0, rows - 2 * _ROWS_PER_TASK) // batch_size
-    for number, batch in enumerate(batches):
-        if start_next_epoch and number == start_at:
-            _EpochPrefetch.start(arguments, epoch + 1)
+    stream = _TrainingStream.take(arguments, epoch)
+    if stream is None:
+        stream = _TrainingStream.start(arguments, epoch, stop_epoch)
+    for batch in stream.epoch():
         if decode_on == "cpu":
             yield _on_device(batch, device)
         else:
@@ -168,107 +218,89 @@ def training_batches(
             }
 
 
-_ROWS_PER_TASK = 1024  # training_dataset's default rows_per_task
+def end_training_batches() -> None:
+    """End this process's training stream, if any: its Ray Data run stops and
+    gives back its share of the CPUs (a stream otherwise lives until the epoch
+    it was planned to), as a training loop that stops early should."""
+    _TrainingStream.end()
 
 
-def _epoch_batches(
-    dataset_uri: str,
-    rank: int,
-    world_size: int,
-    augmentation: TrainingAugmentation,
-    batch_size: int,
-    seed: int,
-    decode_on: str,
-    prefetch_batches: int,
-    cpus_per_task: float,
-    *,
-    epoch: int,
-) -> Iterator[dict[str, object]]:
-    dataset = training_dataset(
-        dataset_uri,
-        epoch=epoch,
-        rank=rank,
-        world_size=world_size,
-        augmentation=augmentation,
-        seed=seed,
-        decode=decode_on == "cpu",
-        rows_per_task=_ROWS_PER_TASK,
-        cpus_per_task=cpus_per_task,
-    )
-    if decode_on == "cpu":
-        return dataset.iter_torch_batches(
-            batch_size=batch_size,
-            drop_last=True,
-            collate_fn=CropBatchCollate(),
-            prefetch_batches=prefetch_batches,
+class _TrainingStream:
+    """One Ray Data stream of training batches over consecutive epochs, kept
+    between `training_batches` calls in this process (a training worker). Each
+    epoch is exactly `batches` batches long, so batches never straddle epochs."""
+
+    _current: _TrainingStream | None = None
+
+    def __init__(self, arguments: tuple, first_epoch: int, stop_epoch: int) -> None:
+        (uri, rank, world, augmentation, batch_size, seed, decode_on, prefetch, cpus, count) = (
+            arguments
         )
-    return dataset.iter_batches(
-        batch_size=batch_size,
-        drop_last=True,
-        batch_format="numpy",
-        prefetch_batches=prefetch_batches,
-    )
-
-
-class _EpochPrefetch:
-    """The next epoch's batches, started early in a thread of this process: one
-    per process (a training worker), taken by the call that asks for exactly
-    that epoch with the same arguments, and dropped otherwise."""
-
-    _pending: tuple[tuple, int, queue.Queue, threading.Event] | None = None
-
-    @classmethod
-    def start(cls, arguments: tuple, epoch: int) -> None:
-        cls.drop()
-        batches: queue.Queue = queue.Queue(maxsize=max(2, arguments[7]))
-        stop = threading.Event()
-
-        def fill() -> None:
-            try:
-                for batch in _epoch_batches(*arguments, epoch=epoch):
-                    while not stop.is_set():
-                        try:
-                            batches.put(batch, timeout=0.5)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-                batches.put(_END)
-            except BaseException as exc:  # handed to the consumer, raised there
-                batches.put(exc)
-
-        threading.Thread(target=fill, name=f"vggpipe-epoch-{epoch}", daemon=True).start()
-        cls._pending = (arguments, epoch, batches, stop)
+        self.arguments, self.next_epoch, self.stop_epoch = arguments, first_epoch, stop_epoch
+        self.batches, self.taken = count, 0
+        dataset = training_dataset(
+            uri,
+            epoch=first_epoch,
+            stop_epoch=stop_epoch,
+            rank=rank,
+            world_size=world,
+            augmentation=augmentation,
+            seed=seed,
+            decode=decode_on == "cpu",
+            rows_per_epoch=count * batch_size,
+            cpus_per_task=cpus,
+        )
+        if decode_on == "cpu":
+            batches = dataset.iter_torch_batches(
+                batch_size=batch_size,
+                collate_fn=CropBatchCollate(),
+                prefetch_batches=prefetch,
+            )
+        else:
+            batches = dataset.iter_batches(
+                batch_size=batch_size, batch_format="numpy", prefetch_batches=prefetch
+            )
+        self.iterator = iter(batches)
 
     @classmethod
-    def take(cls, arguments: tuple, epoch: int) -> Iterator[dict[str, object]] | None:
-        pending, cls._pending = cls._pending, None
-        if pending is None:
+    def start(cls, arguments: tuple, epoch: int, stop_epoch: int | None) -> _TrainingStream:
+        cls.end()
+        stream = cls(arguments, epoch, max(epoch + 1, stop_epoch or 0))
+        cls._current = stream
+        return stream
+
+    @classmethod
+    def take(cls, arguments: tuple, epoch: int) -> _TrainingStream | None:
+        """The running stream if its next batch is `epoch`'s first, for the same arguments."""
+        stream = cls._current
+        if stream is None or (stream.arguments, stream.next_epoch, stream.taken) != (
+            arguments,
+            epoch,
+            0,
+        ):
             return None
-        if pending[:2] != (arguments, epoch):
-            pending[3].set()
-            return None
-        return cls._drain(pending[2], pending[3])
+        return stream
 
     @classmethod
-    def drop(cls) -> None:
-        pending, cls._pending = cls._pending, None
-        if pending is not None:
-            pending[3].set()
+    def end(cls) -> None:
+        stream, cls._current = cls._current, None
+        if stream is not None:
+            close = getattr(stream.iterator, "close", None)
+            if close is not None:
+                close()
 
-    @staticmethod
-    def _drain(batches: queue.Queue, stop: threading.Event) -> Iterator[dict[str, object]]:
-        try:
-            while (item := batches.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-
-
-_END = object()
+    def epoch(self) -> Iterator[dict[str, object]]:
+        """The next epoch's batches. The count is settled before the last one is
+        handed over: a consumer that stops after it leaves the stream at the
+        next epoch's start."""
+        for _ in range(self.batches):
+            batch = next(self.iterator)
+            self.taken += 1
+            if self.taken == self.batches:
+                self.next_epoch, self.taken = self.next_epoch + 1, 0
+                if self.next_epoch == self.stop_epoch and _TrainingStream._current is self:
+                    _TrainingStream._current = None
+            yield batch
 
 
 def pixel_statistics(dataset_uri: str) -> PixelStatistics:
@@ -345,7 +377,7 @@ def evaluation_dataset(
         raise ValueError(f"{view} needs scale >= crop_size {crop_size}; got {scale}")
     store = ShardStore(dataset_uri)
     pieces = record_batch_pieces(store.shards(split))[rank::world_size]
-    source = ShardRowsDatasource(dataset_uri, group_pieces(pieces, rows_per_task))
+    source = ShardRowsDatasource(dataset_uri, row_tasks(pieces, rows_per_task))
     dataset = ray.data.read_datasource(
         source,
         override_num_blocks=max(1, len(source.tasks)),

@@ -5,6 +5,7 @@ and, for training on the CPU, decode it in the same task."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -82,63 +83,70 @@ def group_pieces(pieces: list[Piece], rows_per_task: int) -> list[list[Piece]]:
     return [g for g in groups if g]
 
 
-class ShardRowsDatasource(Datasource):
-    """A Ray Data datasource over chosen row ranges of the shards: one read task
-    per group of pieces, in the given order. For training it also draws each
-    row's crop (`augmentation.draw`) from a seeded generator per task, so the
-    augmentation repeats for a seed whatever Ray's batching and scheduling do;
-    with `decode` the read task decodes the crops itself, `decode_rows` at a
-    time, so the JPEG bytes never travel between tasks."""
+def first_rows(pieces: list[Piece], rows: int) -> list[Piece]:
+    """The first `rows` rows of `pieces`, in their order."""
+    kept = []
+    for piece in pieces:
+        if rows <= 0:
+            break
+        take = min(rows, piece.rows)
+        kept.append(Piece(piece.shard, piece.start, piece.start + take))
+        rows -= take
+    return kept
 
-    def __init__(
-        self,
-        dataset_uri: str,
-        tasks: list[list[Piece]],
-        *,
-        augmentation: TrainingAugmentation | None = None,
-        seed_words: tuple[int, ...] = (0,),
-        shuffle: bool = False,
-        decode: bool = False,
-        decode_rows: int = 64,
-    ) -> None:
-        super().__init__()
-        self.dataset_uri = dataset_uri
-        self.tasks = tasks
-        self.augmentation = augmentation
-        self.seed_words = seed_words
-        self.shuffle = shuffle
-        self.decode = decode
-        self.decode_rows = decode_rows
 
-    def get_name(self) -> str:
-        return "ArrowShards"
+@dataclass(frozen=True)
+class RowTask:
+    """One read task: its pieces, and the words that seed its shuffle and crops."""
 
-    def estimate_inmemory_data_size(self) -> int | None:
-        return None
+    pieces: tuple[Piece, ...]
+    seed_words: tuple[int, ...]
 
-    def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
-        from ray.data.block import BlockMetadata
-        from ray.data.datasource import ReadTask
+    @property
+    def rows(self) -> int:
+        return sum(p.rows for p in self.pieces)
 
-        read_tasks = []
-        for index, pieces in enumerate(self.tasks):
-            metadata = BlockMetadata(
-                num_rows=sum(p.rows for p in pieces),
-                size_bytes=None,
-                input_files=tuple(sorted({p.shard for p in pieces})),
-                exec_stats=None,
-            )
-            read_tasks.append(
-                ReadTask(
-                    lambda pieces=pieces, index=index: self._blocks(pieces, index),
-                    metadata,
-                    per_task_row_limit=per_task_row_limit,
-                )
-            )
-        return read_tasks
 
-    def _blocks(self, pieces: list[Piece], index: int) -> Iterator:
-        table = self._read(pieces, index)
+def row_tasks(pieces: list[Piece], rows_per_task: int, *seed_words: int) -> list[RowTask]:
+    """`group_pieces` as read tasks, task i seeded by (*seed_words, i)."""
+    return [
+        RowTask(tuple(group), (*seed_words, index))
+        for index, group in enumerate(group_pieces(pieces, rows_per_task))
+    ]
+
+
+def epoch_tasks(
+    shards: list[ShardInfo],
+    *,
+    seed: int,
+    epoch: int,
+    rank: int,
+    world_size: int,
+    rows: int | None = None,
+    rows_per_task: int = 1024,
+) -> list[RowTask]:
+    """Worker `rank`'s read tasks for `epoch`: its `epoch_assignment` share, cut
+    to its first `rows` rows (all of it by default), seeded by (seed, epoch,
+    rank, task): the same tasks whichever dataset they are part of."""
+    pieces = epoch_assignment(shards, seed=seed, epoch=epoch, world_size=world_size)[rank]
+    if rows is not None:
+        pieces = first_rows(pieces, rows)
+    return row_tasks(pieces, rows_per_task, seed, epoch, rank)
+
+
+@dataclass(frozen=True)
+class _RowReader:
+    """What a read task needs besides its own rows: small, so that each task
+    ships only its own pieces (not the whole plan) to the worker that runs it."""
+
+    dataset_uri: str
+    augmentation: TrainingAugmentation | None
+    shuffle: bool
+    decode: bool
+    decode_rows: int
+
+    def blocks(self, task: RowTask) -> Iterator:
+        table = self.read(task)
         if not self.decode:
             yield table
             return
@@ -151,13 +159,13 @@ class ShardRowsDatasource(Datasource):
             batch = {name: rows[name].to_numpy(zero_copy_only=False) for name in rows.column_names}
             yield BlockAccessor.batch_to_block(decode_training_crops(batch, self.augmentation))
 
-    def _read(self, pieces: list[Piece], index: int) -> pa.Table:
+    def read(self, task: RowTask) -> pa.Table:
         store = ShardStore(self.dataset_uri)
         columns = ["key", "label", "image", "height", "width"]
         table = pa.concat_tables(
-            [store.read_rows(p.shard, p.start, p.stop, columns) for p in pieces]
+            [store.read_rows(p.shard, p.start, p.stop, columns) for p in task.pieces]
         )
-        rng = _rng(*self.seed_words, index)
+        rng = _rng(*task.seed_words)
         if self.shuffle:
             table = table.take(rng.permutation(table.num_rows))
         if self.augmentation is not None:
@@ -167,6 +175,53 @@ class ShardRowsDatasource(Datasource):
             for name, column in self.augmentation.encode(boxes).items():
                 table = table.append_column(name, pa.array(column))
         return table
+
+
+class ShardRowsDatasource(Datasource):
+    """A Ray Data datasource over chosen row ranges of the shards: one read task
+    per `RowTask`, in the given order. For training it also draws each row's
+    crop (`augmentation.draw`) from the task's seeded generator, so the
+    augmentation repeats for a seed whatever Ray's batching and scheduling do;
+    with `decode` the read task decodes the crops itself, `decode_rows` at a
+    time, so the JPEG bytes never travel between tasks."""
+
+    def __init__(
+        self,
+        dataset_uri: str,
+        tasks: list[RowTask],
+        *,
+        augmentation: TrainingAugmentation | None = None,
+        shuffle: bool = False,
+        decode: bool = False,
+        decode_rows: int = 64,
+    ) -> None:
+        super().__init__()
+        self.tasks = tasks
+        self.reader = _RowReader(dataset_uri, augmentation, shuffle, decode, decode_rows)
+
+    def get_name(self) -> str:
+        return "ArrowShards"
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
+        from ray.data.block import BlockMetadata
+        from ray.data.datasource import ReadTask
+
+        return [
+            ReadTask(
+                functools.partial(self.reader.blocks, task),
+                BlockMetadata(
+                    num_rows=task.rows,
+                    size_bytes=None,
+                    input_files=tuple(sorted({p.shard for p in task.pieces})),
+                    exec_stats=None,
+                ),
+                per_task_row_limit=per_task_row_limit,
+            )
+            for task in self.tasks
+        ]
 
 
 def decode_training_crops(

@@ -248,6 +248,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # Epochs.
     for epoch in range(start_epoch, config.epochs):
         if schedule.finished:
+            ingest.end_training_batches()  # the stream's later epochs are not needed
             break
         for group in optimiser.param_groups:
             group["lr"] = schedule.lr
@@ -269,6 +270,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 decode_on=config.decode_on,
                 device=device,
                 cpus_per_task=config.data_cpus_per_task,
+                # One stream for the run's epochs: no core waits at a boundary.
+                stop_epoch=config.epochs,
+                batches_per_step=accumulation,
+                max_batches=None
+                if config.max_steps_per_epoch is None
+                else config.max_steps_per_epoch * accumulation,
             )
         )
         while config.max_steps_per_epoch is None or steps < config.max_steps_per_epoch:
@@ -282,7 +289,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             waited = time.perf_counter() - wait_start
             waiting += waited
             if len(micro_batches) < accumulation:
-                break  # the epoch's last partial step is dropped, as drop_last does
+                break  # the epoch's end: its batches come in whole steps
             step_loss = sgd_step(
                 model,
                 forward,

@@ -37,6 +37,7 @@ def _keys_per_worker(demo_shards: str, tmp_path, seed: int, epochs: int) -> dict
                 batch_size=32,
                 seed=config["seed"],
                 cpus_per_task=0.25,
+                stop_epoch=config["epochs"],  # one stream for both epochs, as training does
             ):
                 keys += batch["key"]
                 shapes.add((tuple(batch["image"].shape), str(batch["image"].dtype)))
@@ -146,27 +147,50 @@ def test_pixel_statistics_come_from_the_manifest(demo_shards):
     assert stats.eigenvalues[0] == pytest.approx(manifest.eigenvalues[0] / 255**2)
 
 
-def test_an_epoch_started_early_gives_the_batches_it_would_have_given(demo_shards, ray_local):
+def test_a_stream_of_epochs_gives_each_epochs_own_batches(demo_shards, ray_local):
     common = dict(
         rank=0,
         world_size=1,
         augmentation=TrainingAugmentation(80, 64),
         batch_size=16,
         cpus_per_task=0.5,
+        batches_per_step=2,
     )
+    expected = ingest.batches_per_epoch(
+        demo_shards, world_size=1, batch_size=16, batches_per_step=2
+    )
+    assert expected % 2 == 0 and expected > 2
 
-    def keys(epoch, start_next_epoch):
-        batches = ingest.training_batches(
-            demo_shards, epoch=epoch, start_next_epoch=start_next_epoch, **common
-        )
+    def batches(epoch, **extra):
+        return list(ingest.training_batches(demo_shards, epoch=epoch, **common, **extra))
+
+    def keys(batches):
         return [key for batch in batches for key in batch["key"]]
 
-    first = keys(0, start_next_epoch=True)
-    assert ingest._EpochPrefetch._pending is not None, "epoch 1 was not started early"
-    early = keys(1, start_next_epoch=False)
-    assert ingest._EpochPrefetch._pending is None
-    assert first == keys(0, start_next_epoch=False)
-    assert early == keys(1, start_next_epoch=False)
+    streamed = batches(0, stop_epoch=3)
+    stream = ingest._TrainingStream._current
+    assert stream is not None and stream.next_epoch == 1, "the stream ended after one epoch"
+    second = batches(1, stop_epoch=3)
+    assert ingest._TrainingStream._current is stream, "epoch 1 did not come from the stream"
+    # Each epoch exactly as read alone: same rows, order and crops.
+    alone = batches(0)
+    assert len(streamed) == len(alone) == expected
+    assert keys(streamed) == keys(alone)
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(streamed, alone, strict=True))
+    assert keys(second) == keys(batches(1)) != keys(alone)
+
+    # A consumer that stops mid-epoch (after one batch) leaves no half-read
+    # stream behind: the next call starts afresh, with the same batches.
+    first = next(iter(ingest.training_batches(demo_shards, epoch=0, stop_epoch=3, **common)))
+    assert first["key"] == alone[0]["key"]
+    assert keys(batches(0, stop_epoch=3)) == keys(alone)
+    # max_batches cuts each epoch to whole steps (3 batches: one step of 2),
+    # in a seeded order of its own.
+    capped = keys(batches(1, max_batches=3))
+    assert len(capped) == 2 * 16 and set(capped) < set(keys(second))
+    assert capped == keys(batches(1, max_batches=3))
+    ingest.end_training_batches()
+    assert ingest._TrainingStream._current is None
 
 
 def test_the_epoch_order_is_kept_on_the_datasets_own_context(demo_shards, ray_local):

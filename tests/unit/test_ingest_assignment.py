@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.manifest import ShardInfo
-from pipeline.shard_datasource import Piece, epoch_assignment, record_batch_pieces
+from pipeline.shard_datasource import Piece, epoch_assignment, epoch_tasks, record_batch_pieces
 from pipeline.shards import SHARD_BATCH_ROWS
 
 
@@ -49,3 +49,15 @@ def test_record_batch_pieces_follow_the_writer_batches():
         (SHARD_BATCH_ROWS, 2 * SHARD_BATCH_ROWS),
         (2 * SHARD_BATCH_ROWS, 2 * SHARD_BATCH_ROWS + 5),
     ]
+
+
+def test_epoch_tasks_cut_the_share_and_seed_each_task_by_epoch_rank_and_place():
+    shards = _shards(1000, 1000, 437)
+    share = epoch_assignment(shards, seed=3, epoch=2, world_size=2)[1]
+    tasks = epoch_tasks(shards, seed=3, epoch=2, rank=1, world_size=2, rows_per_task=300)
+    assert [row for task in tasks for row in _rows(list(task.pieces))] == _rows(share)
+    assert [task.seed_words for task in tasks] == [(3, 2, 1, i) for i in range(len(tasks))]
+    # Cut to its first rows (whole steps): the same rows in the same tasks, fewer.
+    cut = epoch_tasks(shards, seed=3, epoch=2, rank=1, world_size=2, rows=500, rows_per_task=300)
+    assert sum(task.rows for task in cut) == 500
+    assert [row for task in cut for row in _rows(list(task.pieces))] == _rows(share)[:500]
