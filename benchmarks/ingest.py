@@ -18,9 +18,10 @@ reported (this machine's speed drifts by a third within minutes).
 Also the decode-only bound: a full Pillow decode of the stored images, and
 with `--threads 2,4` the in-process decode on a thread pool of that size (what
 a user might try before Ray Data; Pillow releases the GIL only while it
-decodes and resamples).
+decodes and resamples), and with `--processes 2` split over that many forked
+processes (what the cores give together with nothing in between).
 
-    python -m benchmarks.ingest --source DIR [--epochs 2] [--repeats 3] [--only-256] [--threads 2,4]
+    python -m benchmarks.ingest --source DIR [--epochs 2] [--repeats 3] [--only-256] [--threads 2,4] [--processes 2]
     python -m benchmarks.ingest      # makes a photo source (benchmarks/photos.py)
 
 SOURCE is an ILSVRC-2012 folder layout (train/<wnid>/*.JPEG). Without it the
@@ -115,6 +116,34 @@ def threaded_rate(rows, scale, threads: int) -> float:
     return len(rows) / (time.perf_counter() - start)
 
 
+_FORKED_ROWS: list = []
+
+
+def _decode_every(part: int, parts: int, scale) -> int:
+    augmentation = TrainingAugmentation(scale, CROP)
+    rows = _FORKED_ROWS[part::parts]
+    jpegs, heights, widths = zip(*rows, strict=True)
+    boxes = augmentation.draw(heights, widths, np.random.default_rng(part))
+    for data, box in zip(jpegs, boxes, strict=True):
+        decode_crop(data, box)
+    return len(rows)
+
+
+def processes_rate(rows, scale, processes: int) -> float:
+    """`ours_rate`'s decode split over `processes` forked processes, no Ray: the
+    most the cores give together with nothing in between. Images per second of
+    wall time, all processes, their start excluded."""
+    import multiprocessing
+
+    global _FORKED_ROWS
+    _FORKED_ROWS = rows
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        pool.starmap(_decode_every, [(0, len(rows), scale)] * processes)  # started, warm
+        start = time.perf_counter()
+        count = sum(pool.starmap(_decode_every, [(i, processes, scale) for i in range(processes)]))
+        return count / (time.perf_counter() - start)
+
+
 def decode_only_rate(rows) -> float:
     start = time.perf_counter()
     for data, _, _ in rows:
@@ -187,6 +216,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         type=int,
         default=3,
         help="Ray Data runs per case, in turns with in-process ones (default 3; the median is kept)",
+    )
+    parser.add_argument(
+        "--processes",
+        default="",
+        help="also time the in-process decode split over this many processes, e.g. 2 (S=256)",
     )
     parser.add_argument(
         "--threads",
@@ -268,6 +302,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             f"{label} | {side} | {baseline:.0f} | {ours:.0f} | {ours / baseline:.2f} | "
             f"{pipeline:.0f} | {pipeline / ours:.2f}x | {ours_cpu:.0f} / {pipeline_cpu:.0f} / "
             f"{pipeline_cpu / ours_cpu:.2f}x"
+        )
+    for processes in [int(n) for n in args.processes.split(",") if n]:
+        rate = processes_rate(rows[256], 256, processes)
+        results[f"in-process {processes} processes, all cores S=256 stored=256"] = rate
+        print(
+            f"in-process decode in {processes} processes, S=256: {rate:.0f} images/s in all, "
+            f"{rate / processes:.0f} per process"
         )
     for threads in [int(n) for n in args.threads.split(",") if n]:
         rate = threaded_rate(rows[256], 256, threads)

@@ -16,22 +16,26 @@ from pipeline import checkpoints
 from pipeline.cli import main
 from pipeline.errors import CorruptShardError
 from pipeline.recipes import recipe
+from pipeline.shard_datasource import epoch_assignment
 from pipeline.shards import ShardStore
 from tests.commands import one_error_line
 
 pytestmark = pytest.mark.ray
 
 
-def _damaged_copy(demo_shards: str, root: Path, split: str) -> tuple[str, str]:
-    """A copy of the demo shards with one byte flipped inside the first image of
-    the split's first shard; returns (data, the shard's path)."""
+def _damaged_copy(
+    demo_shards: str, root: Path, split: str, row: tuple[str, int] | None = None
+) -> tuple[str, str]:
+    """A copy of the demo shards with one byte flipped inside the image of `row`
+    (shard path, row), by default the first of the split's first shard;
+    returns (data, the shard's path)."""
     data = root / "damaged"
     shutil.copytree(demo_shards, data)
     store = ShardStore(str(data))
-    shard = store.shards(split)[0].path
+    shard, index = row or (store.shards(split)[0].path, 0)
     path = data / shard
     content = bytearray(path.read_bytes())
-    first_image = store.read_rows(shard, 0, 1)["image"][0].as_py()
+    first_image = store.read_rows(shard, index, index + 1)["image"][0].as_py()
     offset = bytes(content).index(first_image) + len(first_image) // 2
     content[offset] ^= 0x55
     path.write_bytes(bytes(content))
@@ -76,7 +80,16 @@ def test_train_and_evaluate_on_a_damaged_shard_exit_in_one_line(
     session's Ray: the damaged row is met inside a Ray Data task of a Ray Train
     worker, and inside an evaluation task."""
     root, uri = new_store("damaged")
-    data, shard = _damaged_copy(demo_shards, tmp_path, "train")
+    # Training reads only the rows its steps take: damage the first row of
+    # rank 0's first epoch.
+    smoke = recipe("smoke", [f"data={demo_shards}"])
+    first = epoch_assignment(
+        ShardStore(demo_shards).shards("train"),
+        seed=smoke.seed,
+        epoch=0,
+        world_size=smoke.num_workers,
+    )[0][0]
+    data, shard = _damaged_copy(demo_shards, tmp_path, "train", (first.shard, first.start))
     code = main(
         ["train", "--recipe", "smoke", "--data", data]
         + ["--set", f"storage_path={root / 'runs'}", "--set", f"tracking_uri={uri}"]
