@@ -24,6 +24,7 @@ Evaluation has no such need and uses `get_dataset_shard` / plain datasets.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -190,7 +191,7 @@ def training_batches(
         batches_per_step=batches_per_step,
         max_batches=max_batches,
     )
-    arguments = (
+    arguments = _StreamArguments(
         dataset_uri,
         rank,
         world_size,
@@ -225,6 +226,21 @@ def end_training_batches() -> None:
     _TrainingStream.end()
 
 
+class _StreamArguments(NamedTuple):
+    """What a stream was started with: a later call with equal ones may take it."""
+
+    dataset_uri: str
+    rank: int
+    world_size: int
+    augmentation: TrainingAugmentation
+    batch_size: int
+    seed: int
+    decode_on: str
+    prefetch_batches: int
+    cpus_per_task: float
+    batches_per_epoch: int
+
+
 class _TrainingStream:
     """One Ray Data stream of training batches over consecutive epochs, kept
     between `training_batches` calls in this process (a training worker). Each
@@ -232,45 +248,46 @@ class _TrainingStream:
 
     _current: _TrainingStream | None = None
 
-    def __init__(self, arguments: tuple, first_epoch: int, stop_epoch: int) -> None:
-        (uri, rank, world, augmentation, batch_size, seed, decode_on, prefetch, cpus, count) = (
-            arguments
-        )
+    def __init__(self, arguments: _StreamArguments, first_epoch: int, stop_epoch: int) -> None:
         self.arguments, self.next_epoch, self.stop_epoch = arguments, first_epoch, stop_epoch
-        self.batches, self.taken = count, 0
+        self.batches, self.taken = arguments.batches_per_epoch, 0
         dataset = training_dataset(
-            uri,
+            arguments.dataset_uri,
             epoch=first_epoch,
             stop_epoch=stop_epoch,
-            rank=rank,
-            world_size=world,
-            augmentation=augmentation,
-            seed=seed,
-            decode=decode_on == "cpu",
-            rows_per_epoch=count * batch_size,
-            cpus_per_task=cpus,
+            rank=arguments.rank,
+            world_size=arguments.world_size,
+            augmentation=arguments.augmentation,
+            seed=arguments.seed,
+            decode=arguments.decode_on == "cpu",
+            rows_per_epoch=self.batches * arguments.batch_size,
+            cpus_per_task=arguments.cpus_per_task,
         )
-        if decode_on == "cpu":
+        if arguments.decode_on == "cpu":
             batches = dataset.iter_torch_batches(
-                batch_size=batch_size,
+                batch_size=arguments.batch_size,
                 collate_fn=CropBatchCollate(),
-                prefetch_batches=prefetch,
+                prefetch_batches=arguments.prefetch_batches,
             )
         else:
             batches = dataset.iter_batches(
-                batch_size=batch_size, batch_format="numpy", prefetch_batches=prefetch
+                batch_size=arguments.batch_size,
+                batch_format="numpy",
+                prefetch_batches=arguments.prefetch_batches,
             )
         self.iterator = iter(batches)
 
     @classmethod
-    def start(cls, arguments: tuple, epoch: int, stop_epoch: int | None) -> _TrainingStream:
+    def start(
+        cls, arguments: _StreamArguments, epoch: int, stop_epoch: int | None
+    ) -> _TrainingStream:
         cls.end()
         stream = cls(arguments, epoch, max(epoch + 1, stop_epoch or 0))
         cls._current = stream
         return stream
 
     @classmethod
-    def take(cls, arguments: tuple, epoch: int) -> _TrainingStream | None:
+    def take(cls, arguments: _StreamArguments, epoch: int) -> _TrainingStream | None:
         """The running stream if its next batch is `epoch`'s first, for the same arguments."""
         stream = cls._current
         if stream is None or (stream.arguments, stream.next_epoch, stream.taken) != (
