@@ -147,34 +147,44 @@ class _RowReader:
 
     def blocks(self, task: RowTask) -> Iterator:
         table = self.read(task)
-        if not self.decode:
+        if not (self.shuffle or self.augmentation is not None):
             yield table
+            return
+        columns = self.shuffled_columns(table, _rng(*task.seed_words))
+        if not self.decode:
+            yield pa.table({name: pa.array(column) for name, column in columns.items()})
             return
         from ray.data.block import BlockAccessor
 
         # Blocks of `decode_rows` crops: the first reach the trainer while the
         # task decodes the rest.
         for start in range(0, table.num_rows, self.decode_rows):
-            rows = table.slice(start, self.decode_rows)
-            batch = {name: rows[name].to_numpy(zero_copy_only=False) for name in rows.column_names}
-            yield BlockAccessor.batch_to_block(decode_training_crops(batch, self.augmentation))
+            rows = {
+                name: column[start : start + self.decode_rows] for name, column in columns.items()
+            }
+            yield BlockAccessor.batch_to_block(decode_training_crops(rows, self.augmentation))
 
     def read(self, task: RowTask) -> pa.Table:
         store = ShardStore(self.dataset_uri)
         columns = ["key", "label", "image", "height", "width"]
-        table = pa.concat_tables(
+        return pa.concat_tables(
             [store.read_rows(p.shard, p.start, p.stop, columns) for p in task.pieces]
         )
-        rng = _rng(*task.seed_words)
+
+    def shuffled_columns(self, table: pa.Table, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """The rows as NumPy columns, shuffled (with `shuffle`) and with each
+        row's drawn crop box (with an `augmentation`), both from `rng`. Shuffled
+        in NumPy, not with `Table.take`: take copies every JPEG's bytes one by
+        one (0.4-0.7 s for 2,000 rows, measured), a permutation of the column's
+        references costs nothing."""
+        columns = {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names}
         if self.shuffle:
-            table = table.take(rng.permutation(table.num_rows))
+            order = rng.permutation(table.num_rows)
+            columns = {name: column[order] for name, column in columns.items()}
         if self.augmentation is not None:
-            boxes = self.augmentation.draw(
-                table["height"].to_numpy(), table["width"].to_numpy(), rng
-            )
-            for name, column in self.augmentation.encode(boxes).items():
-                table = table.append_column(name, pa.array(column))
-        return table
+            boxes = self.augmentation.draw(columns["height"], columns["width"], rng)
+            columns.update(self.augmentation.encode(boxes))
+        return columns
 
 
 class ShardRowsDatasource(Datasource):
