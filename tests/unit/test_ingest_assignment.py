@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from pipeline.manifest import ShardInfo
@@ -61,3 +62,40 @@ def test_epoch_tasks_cut_the_share_and_seed_each_task_by_epoch_rank_and_place():
     cut = epoch_tasks(shards, seed=3, epoch=2, rank=1, world_size=2, rows=500, rows_per_task=300)
     assert sum(task.rows for task in cut) == 500
     assert [row for task in cut for row in _rows(list(task.pieces))] == _rows(share)[:500]
+
+
+def test_rebatch_cuts_blocks_into_batches_joining_only_across_blocks():
+    from pipeline.ingest import rebatch
+
+    sizes = [64, 64, 37, 64, 5]
+    starts = np.cumsum([0, *sizes[:-1]])
+    blocks = [
+        {"label": np.arange(s, s + n), "image": np.arange(s, s + n) * 10}
+        for s, n in zip(starts, sizes, strict=True)
+    ]
+    batches = list(rebatch(iter(blocks), 32))
+    assert [len(b["label"]) for b in batches] == [32] * 7 + [10]
+    assert np.array_equal(np.concatenate([b["label"] for b in batches]), np.arange(sum(sizes)))
+    assert np.array_equal(np.concatenate([b["image"] for b in batches]), np.arange(sum(sizes)) * 10)
+    # Batches inside one block are views of it, no copy; the one across blocks 2 and 3 is joined.
+    assert np.shares_memory(batches[1]["image"], blocks[0]["image"])
+    assert np.shares_memory(batches[4]["image"], blocks[2]["image"])
+    assert not np.shares_memory(batches[5]["image"], blocks[2]["image"])
+
+
+def test_rebatch_closes_its_source_when_the_consumer_stops():
+    from pipeline.ingest import rebatch
+
+    closed = []
+
+    def source():
+        try:
+            while True:
+                yield {"label": np.arange(8)}
+        finally:
+            closed.append(True)
+
+    batches = rebatch(source(), 4)
+    next(batches)
+    batches.close()
+    assert closed == [True]
