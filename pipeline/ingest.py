@@ -23,15 +23,19 @@ Evaluation has no such need and uses `get_dataset_shard` / plain datasets.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
-import pyarrow as pa
 import torch
-from ray.data.collate_fn import NumpyBatchCollateFn
 
+from pipeline.batches import (
+    CropBatchCollate,
+    crop_tensors,
+    on_device,
+    rebatch,
+    record_batches_as_numpy,
+)
 from pipeline.errors import ConfigError
 from pipeline.shard_datasource import (
     ShardRowsDatasource,
@@ -78,8 +82,9 @@ def training_dataset(
     (Ray Data splits the cluster between running datasets). Read tasks of
     `rows_per_task` rows: Ray Data starts the next task 0.1-0.25 s after one
     ends (measured on 2 cores), so the larger the task, the less of that gap
-    per image; the decoded crops still leave each task `decode_batch_rows` at a
-    time."""
+    per image. Crops are decoded `decode_batch_rows` at a time, each a record
+    batch of the task's blocks: a multiple of the batch size keeps every
+    training batch within one (`pipeline.batches.rebatch`)."""
     import ray.data
 
     if not 0 <= rank < world_size:
@@ -116,90 +121,6 @@ def training_dataset(
     # one), not on the process-wide one other datasets share.
     dataset.context.execution_options.preserve_order = True
     return dataset
-
-
-def _on_device(batch: dict[str, object], device: torch.device | str) -> dict[str, object]:
-    batch["image"] = batch["image"].to(device, non_blocking=True)
-    batch["label"] = batch["label"].to(device, non_blocking=True)
-    return batch
-
-
-def crop_tensors(batch: dict[str, np.ndarray]) -> dict[str, object]:
-    """A NumPy batch of crops as {"image": uint8 NHWC tensor, "label": int64
-    tensor, "key": list}. The image tensor shares the array's memory, which for
-    a batch straight from Ray's object store is read-only: consumers make new
-    tensors (the move to the device, the float conversion), never write into it."""
-    with warnings.catch_warnings():
-        # Copying each batch only to make it writable would cost 5% of the decode.
-        warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
-        image = torch.from_numpy(np.ascontiguousarray(batch["image"]))
-    return {
-        "image": image,
-        "label": torch.tensor(batch["label"], dtype=torch.int64),
-        "key": batch["key"].tolist(),
-    }
-
-
-class CropBatchCollate(NumpyBatchCollateFn):
-    """`crop_tensors` as a Ray Data collate function."""
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, object]:
-        return crop_tensors(batch)
-
-
-def rebatch(blocks: Iterator[dict[str, np.ndarray]], batch_size: int) -> Iterator[dict]:
-    """NumPy blocks cut into batches of `batch_size` rows (the last may be
-    short): slices of one block where a batch lies within it, joined only where
-    it spans blocks. Why not Ray Data's own batching (`iter_batches(batch_size=)`):
-    it re-assembles every batch through Arrow, which cost the training process
-    twice the CPU time per image of this (measured on 2 cores, 0.05 against 0.1
-    ms), time taken from the read tasks' cores."""
-    pending: list[dict[str, np.ndarray]] = []
-    pending_rows = 0
-    try:
-        for block in blocks:
-            rows = len(next(iter(block.values())))
-            start = 0
-            while start < rows:
-                take = min(batch_size - pending_rows, rows - start)
-                pending.append(
-                    {name: column[start : start + take] for name, column in block.items()}
-                )
-                pending_rows, start = pending_rows + take, start + take
-                if pending_rows == batch_size:
-                    yield _joined(pending)
-                    pending, pending_rows = [], 0
-        if pending:
-            yield _joined(pending)
-    finally:
-        close = getattr(blocks, "close", None)
-        if close is not None:
-            close()
-
-
-def _record_batches_as_numpy(tables: Iterator) -> Iterator[dict[str, np.ndarray]]:
-    """Each record batch of each table as NumPy columns, zero-copy for the crops.
-    A read task's blocks reach the consumer as tables of many record batches
-    (Ray Data gathers a task's small yields into blocks of up to
-    `target_max_block_size`); Ray's own NumPy conversion of such a table first
-    copies all of its crops into one array, one record batch at a time needs no copy."""
-    from ray.data.block import BlockAccessor
-
-    try:
-        for table in tables:
-            for record_batch in table.to_batches():
-                single = pa.Table.from_batches([record_batch])
-                yield BlockAccessor.for_block(single).to_batch_format("numpy")
-    finally:
-        close = getattr(tables, "close", None)
-        if close is not None:
-            close()
-
-
-def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    if len(parts) == 1:
-        return parts[0]
-    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 def batches_per_epoch(
@@ -277,7 +198,7 @@ def training_batches(
         stream = _TrainingStream.start(arguments, epoch, stop_epoch)
     for batch in stream.epoch():
         if decode_on == "cpu":
-            yield _on_device(crop_tensors(batch), device)
+            yield on_device(crop_tensors(batch), device)
         else:
             yield {
                 "image": augmentation.decode_on_device(
@@ -338,7 +259,7 @@ class _TrainingStream:
         blocks = dataset.iter_batches(
             batch_size=None, batch_format="pyarrow", prefetch_batches=arguments.prefetch_batches
         )
-        self.iterator = rebatch(_record_batches_as_numpy(iter(blocks)), arguments.batch_size)
+        self.iterator = rebatch(record_batches_as_numpy(iter(blocks)), arguments.batch_size)
 
     @classmethod
     def start(
@@ -495,4 +416,4 @@ def validation_batches(
         cpus_per_task=cpus_per_task,
     )
     for batch in dataset.iter_torch_batches(batch_size=batch_size, collate_fn=CropBatchCollate()):
-        yield _on_device(batch, device)
+        yield on_device(batch, device)

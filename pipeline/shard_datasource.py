@@ -156,8 +156,10 @@ class _RowReader:
             return
         from ray.data.block import BlockAccessor
 
-        # Blocks of `decode_rows` crops: the first reach the trainer while the
-        # task decodes the rest.
+        # `decode_rows` crops at a time: Ray Data gathers them into blocks of up
+        # to `target_max_block_size` (128 MiB: about 900 crops of 224) before
+        # they leave the task, each one a record batch of the block, which
+        # `pipeline.batches` cuts into training batches without a copy.
         for start in range(0, table.num_rows, self.decode_rows):
             rows = {
                 name: column[start : start + self.decode_rows] for name, column in columns.items()

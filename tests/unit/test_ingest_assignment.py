@@ -65,7 +65,7 @@ def test_epoch_tasks_cut_the_share_and_seed_each_task_by_epoch_rank_and_place():
 
 
 def test_rebatch_cuts_blocks_into_batches_joining_only_across_blocks():
-    from pipeline.ingest import rebatch
+    from pipeline.batches import rebatch
 
     sizes = [64, 64, 37, 64, 5]
     starts = np.cumsum([0, *sizes[:-1]])
@@ -84,7 +84,7 @@ def test_rebatch_cuts_blocks_into_batches_joining_only_across_blocks():
 
 
 def test_rebatch_closes_its_source_when_the_consumer_stops():
-    from pipeline.ingest import rebatch
+    from pipeline.batches import rebatch
 
     closed = []
 
