@@ -151,38 +151,67 @@ def decode_only_rate(rows) -> float:
     return len(rows) / (time.perf_counter() - start)
 
 
-def _cpu_seconds() -> float:
-    """CPU time of this process and all its descendants (a local Ray's raylet,
-    object store and workers): what the pipeline costs, whoever else runs."""
+def _process_cpu_seconds() -> dict[int, tuple[str, float]]:
+    """{pid: (title, CPU seconds)} of this process and the local Ray's: its
+    descendants when it started Ray itself, and Ray's daemons and workers on
+    this machine when it joined one already running (a test session's)."""
     import psutil
 
-    total = 0.0
+    seconds = {}
     me = psutil.Process()
-    for process in [me, *me.children(recursive=True)]:
+    descendants = {p.pid for p in me.children(recursive=True)}
+    for process in psutil.process_iter():
         try:
+            command = process.cmdline()
+            if not (
+                process.pid == me.pid
+                or process.pid in descendants
+                or any("ray::" in part or "/site-packages/ray/" in part for part in command)
+            ):
+                continue
             times = process.cpu_times()
+            seconds[process.pid] = (" ".join(command[:1]), times.user + times.system)
         except psutil.Error:
             continue
-        total += times.user + times.system
-    return total
+    return seconds
+
+
+def _cpu_seconds_by_role(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds spent between two `_process_cpu_seconds`, by role: "consumer"
+    (this process, where the training worker would be), "read tasks" (Ray's task
+    workers, titled by the task they run or IDLE between tasks: in the timed
+    span only Ray Data's read tasks run), "rest of Ray" (its daemons and actors).
+    What the pipeline costs, whoever else runs."""
+    seconds = {"consumer": 0.0, "read tasks": 0.0, "rest of Ray": 0.0}
+    for pid, (title, end) in after.items():
+        start_title, start = before.get(pid, (title, 0.0))
+        if pid == os.getpid():
+            role = "consumer"
+        elif any(word in title + start_title for word in ("ray::Read", "ray::IDLE")):
+            role = "read tasks"
+        else:
+            role = "rest of Ray"
+        seconds[role] += end - start
+    return seconds
 
 
 def ray_pipeline_rate(
     shards: str, scale, batch: int, cores: int, epochs: int
-) -> tuple[float, float]:
+) -> tuple[float, float, dict[str, float]]:
     """Steady state, as a training run streams its epochs (`stop_epoch`): epoch 0
     warms Ray Data's worker processes, then `epochs` consecutive epochs are
     timed, boundaries included, from the first's first batch to the last's last;
     the stream runs on into one more epoch, untimed, so the timed span ends as
     it began, with the next epoch under way. Returns images/s per core of wall
-    time, and images per CPU-second of every process of the local Ray."""
+    time, images per CPU-second of every process of the local Ray, and the CPU
+    milliseconds per image of each role (`_cpu_seconds_by_role`)."""
     from pipeline.ingest import end_training_batches, training_batches
 
     augmentation = TrainingAugmentation(scale, CROP)
-    count, start, cpu_start = 0, 0.0, 0.0
+    count, start, cpu_start = 0, 0.0, {}
     for epoch in range(epochs + 1):
         if epoch == 1:
-            start, count, cpu_start = time.perf_counter(), 0, _cpu_seconds()
+            start, count, cpu_start = time.perf_counter(), 0, _process_cpu_seconds()
         for images in training_batches(
             shards,
             epoch=epoch,
@@ -193,9 +222,11 @@ def ray_pipeline_rate(
             stop_epoch=epochs + 2,
         ):
             count += len(images["label"])
-    wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
+    wall, cpu_end = time.perf_counter() - start, _process_cpu_seconds()
     end_training_batches()
-    return count / wall / cores, count / cpu
+    by_role = _cpu_seconds_by_role(cpu_start, cpu_end)
+    per_image = {role: seconds * 1e3 / count for role, seconds in by_role.items()}
+    return count / wall / cores, count / (sum(per_image.values()) / 1e3 * count), per_image
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -272,23 +303,36 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         in_process = [ours_rate(rows[side], scale, args.batch)]
         turns = []
         for _ in range(0 if args.no_ray else args.repeats):
-            pipeline, pipeline_cpu = ray_pipeline_rate(
+            pipeline, pipeline_cpu, per_image = ray_pipeline_rate(
                 shards[side], scale, args.batch, cores, args.epochs
             )
             in_process.append(ours_rate(rows[side], scale, args.batch))
             before, after = in_process[-2:]
             turns.append(
-                (pipeline, pipeline_cpu, max(before[0], after[0]), max(before[1], after[1]))
+                (
+                    pipeline,
+                    pipeline_cpu,
+                    max(before[0], after[0]),
+                    max(before[1], after[1]),
+                    per_image,
+                )
             )
         if turns:
-            ratios = sorted(pipeline / ours for pipeline, _, ours, _ in turns)
+            ratios = sorted(turn[0] / turn[2] for turn in turns)
             print(
                 f"S={label}: Ray / in-process per repeat, sorted: "
                 + ", ".join(f"{r:.2f}x" for r in ratios)
             )
-            pipeline, pipeline_cpu, ours, ours_cpu = sorted(turns, key=lambda t: t[0] / t[2])[
-                len(turns) // 2
-            ]
+            pipeline, pipeline_cpu, ours, ours_cpu, per_image = sorted(
+                turns, key=lambda t: t[0] / t[2]
+            )[len(turns) // 2]
+            print(
+                f"S={label}: CPU ms per image in that repeat: "
+                + ", ".join(f"{role} {ms:.3f}" for role, ms in per_image.items())
+                + f"; in-process decode {1e3 / ours_cpu:.3f}"
+            )
+            for role, ms in per_image.items():
+                results[f"ray data {role} CPU ms per image S={label} stored={side}"] = ms
         else:
             pipeline = pipeline_cpu = float("nan")
             ours, ours_cpu = in_process[0]
