@@ -21,7 +21,7 @@ a user might try before Ray Data; Pillow releases the GIL only while it
 decodes and resamples), and with `--processes 2` split over that many forked
 processes (what the cores give together with nothing in between).
 
-    python -m benchmarks.ingest --source DIR [--epochs 2] [--repeats 3] [--only-256] [--threads 2,4] [--processes 2]
+    python -m benchmarks.ingest --source DIR [--epochs 2] [--repeats 3] [--only-256] [--threads 2,4] [--processes 2] [--in-ray-task]
     python -m benchmarks.ingest      # makes a photo source (benchmarks/photos.py)
 
 SOURCE is an ILSVRC-2012 folder layout (train/<wnid>/*.JPEG). Without it the
@@ -144,6 +144,20 @@ def processes_rate(rows, scale, processes: int) -> float:
         return count / (time.perf_counter() - start)
 
 
+def ray_task_rate(rows, scale, batch: int) -> float:
+    """`ours_rate` inside one plain Ray task (no Ray Data): whether a Ray worker
+    process decodes slower than this one. Images per second of wall time."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    def in_a_task(rows):
+        torch.set_num_threads(1)
+        ours_rate(rows[:200], scale, batch)  # warm: imports, the decoder's first calls
+        return ours_rate(rows, scale, batch)[0]
+
+    return ray.get(in_a_task.remote(ray.put(rows)))
+
+
 def decode_only_rate(rows) -> float:
     start = time.perf_counter()
     for data, _, _ in rows:
@@ -254,6 +268,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="also time the in-process decode split over this many processes, e.g. 2 (S=256)",
     )
     parser.add_argument(
+        "--in-ray-task",
+        action="store_true",
+        help="also time the in-process decode inside one plain Ray task, beside it (S=256)",
+    )
+    parser.add_argument(
         "--threads",
         default="",
         help="also time the in-process decode on these thread counts, e.g. 2,4 (S=256)",
@@ -353,6 +372,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(
             f"in-process decode in {processes} processes, S=256: {rate:.0f} images/s in all, "
             f"{rate / processes:.0f} per process"
+        )
+    if args.in_ray_task:
+        here = ours_rate(rows[256], 256, args.batch)[0]
+        there = ray_task_rate(rows[256], 256, args.batch)
+        results["in a plain Ray task per core S=256 stored=256"] = there
+        print(
+            f"in-process decode inside a plain Ray task, S=256: {there:.0f} images/s, "
+            f"{there / here:.2f}x of this process's {here:.0f}"
         )
     for threads in [int(n) for n in args.threads.split(",") if n]:
         rate = threaded_rate(rows[256], 256, threads)
