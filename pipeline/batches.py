@@ -53,9 +53,9 @@ def rebatch(blocks: Iterator[dict[str, np.ndarray]], batch_size: int) -> Iterato
     """NumPy blocks cut into batches of `batch_size` rows (the last may be
     short): slices of one block where a batch lies within it, joined only where
     it spans blocks. Why not Ray Data's own batching (`iter_batches(batch_size=)`):
-    it re-assembles every batch through Arrow; with it the training process
-    took about three times the CPU time per image (0.1 against 0.03 ms, 2 cores,
-    `benchmarks/ingest.py`'s photo set), time taken from the read tasks' cores."""
+    it joins every block's crops into one array first, CPU time the training
+    process takes from the read tasks on the same cores (`benchmarks/ingest.py`
+    reports the consumer's CPU time per image)."""
     pending: list[dict[str, np.ndarray]] = []
     pending_rows = 0
     try:
