@@ -21,7 +21,7 @@ a user might try before Ray Data; Pillow releases the GIL only while it
 decodes and resamples), and with `--processes 2` split over that many forked
 processes (what the cores give together with nothing in between).
 
-    python -m benchmarks.ingest --source DIR [--epochs 2] [--repeats 3] [--only-256] [--threads 2,4] [--processes 2] [--in-ray-task]
+    python -m benchmarks.ingest --source DIR [--epochs 2] [--repeats 3] [--only-256] [--threads 2,4] [--processes 2] [--in-ray-task] [--rows-per-task 2048]
     python -m benchmarks.ingest      # makes a photo source (benchmarks/photos.py)
 
 SOURCE is an ILSVRC-2012 folder layout (train/<wnid>/*.JPEG). Without it the
@@ -210,7 +210,7 @@ def _cpu_seconds_by_role(before: dict, after: dict) -> dict[str, float]:
 
 
 def ray_pipeline_rate(
-    shards: str, scale, batch: int, cores: int, epochs: int
+    shards: str, scale, batch: int, cores: int, epochs: int, rows_per_task: int = 2048
 ) -> tuple[float, float, dict[str, float]]:
     """Steady state, as a training run streams its epochs (`stop_epoch`): epoch 0
     warms Ray Data's worker processes, then `epochs` consecutive epochs are
@@ -234,6 +234,7 @@ def ray_pipeline_rate(
             augmentation=augmentation,
             batch_size=batch,
             stop_epoch=epochs + 2,
+            rows_per_task=rows_per_task,
         ):
             count += len(images["label"])
     wall, cpu_end = time.perf_counter() - start, _process_cpu_seconds()
@@ -266,6 +267,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "--processes",
         default="",
         help="also time the in-process decode split over this many processes, e.g. 2 (S=256)",
+    )
+    parser.add_argument(
+        "--rows-per-task",
+        type=int,
+        default=2048,
+        help="rows per Ray Data read task (default 2048, training's)",
     )
     parser.add_argument(
         "--in-ray-task",
@@ -323,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         turns = []
         for _ in range(0 if args.no_ray else args.repeats):
             pipeline, pipeline_cpu, per_image = ray_pipeline_rate(
-                shards[side], scale, args.batch, cores, args.epochs
+                shards[side], scale, args.batch, cores, args.epochs, args.rows_per_task
             )
             in_process.append(ours_rate(rows[side], scale, args.batch))
             before, after = in_process[-2:]
@@ -348,7 +355,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             print(
                 f"S={label}: CPU ms per image in that repeat: "
                 + ", ".join(f"{role} {ms:.3f}" for role, ms in per_image.items())
-                + f"; in-process decode {1e3 / ours_cpu:.3f}"
+                + f"; in-process decode {1e3 / ours_cpu:.3f}; the cores were busy "
+                + f"{pipeline * sum(per_image.values()) / 1e3:.0%} of the wall time"
             )
             for role, ms in per_image.items():
                 results[f"ray data {role} CPU ms per image S={label} stored={side}"] = ms

@@ -157,6 +157,7 @@ def training_batches(
     stop_epoch: int | None = None,
     batches_per_step: int = 1,
     max_batches: int | None = None,
+    rows_per_task: int = 2048,
 ) -> Iterator[dict[str, object]]:
     """Epoch `epoch` of worker `rank`'s batches: {"image": uint8 NHWC on
     `device`, "label": int64, "key": list of str}, `batches_per_epoch` of them
@@ -171,7 +172,8 @@ def training_batches(
     (`training_dataset`) and keeps it: the next call, for epoch + 1 with the
     same arguments, takes its batches from the same stream, already under way.
     A call for any other epoch or arguments, or after this epoch's batches were
-    not all taken, starts a new stream (and ends the old one: `end_training_batches`)."""
+    not all taken, starts a new stream (and ends the old one: `end_training_batches`).
+    `cpus_per_task` and `rows_per_task` shape the read tasks (`training_dataset`)."""
     if decode_on not in ("cpu", "device"):
         raise ValueError(f"decode_on must be 'cpu' or 'device'; got {decode_on!r}")
     count = batches_per_epoch(
@@ -191,6 +193,7 @@ def training_batches(
         decode_on,
         prefetch_batches,
         cpus_per_task,
+        rows_per_task,
         count,
     )
     stream = _TrainingStream.take(arguments, epoch)
@@ -228,6 +231,7 @@ class _StreamArguments(NamedTuple):
     decode_on: str
     prefetch_batches: int
     cpus_per_task: float
+    rows_per_task: int
     batches_per_epoch: int
 
 
@@ -252,6 +256,7 @@ class _TrainingStream:
             decode=arguments.decode_on == "cpu",
             rows_per_epoch=self.batches * arguments.batch_size,
             cpus_per_task=arguments.cpus_per_task,
+            rows_per_task=arguments.rows_per_task,
             # Whole batches per block where the task's rows allow: no joins.
             decode_batch_rows=-(-64 // arguments.batch_size) * arguments.batch_size,
         )
