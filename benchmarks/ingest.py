@@ -21,7 +21,7 @@ a user might try before Ray Data; Pillow releases the GIL only while it
 decodes and resamples), and with `--processes 2` split over that many forked
 processes (what the cores give together with nothing in between).
 
-    python -m benchmarks.ingest --source DIR [--epochs 2] [--repeats 3] [--only-256] [--threads 2,4] [--processes 2] [--in-ray-task] [--rows-per-task 2048]
+    python -m benchmarks.ingest --source DIR [--epochs 2] [--repeats 3] [--only-256] [--threads 2,4] [--processes 2] [--in-ray-task] [--rows-per-task N]
     python -m benchmarks.ingest      # makes a photo source (benchmarks/photos.py)
 
 SOURCE is an ILSVRC-2012 folder layout (train/<wnid>/*.JPEG). Without it the
@@ -210,7 +210,7 @@ def _cpu_seconds_by_role(before: dict, after: dict) -> dict[str, float]:
 
 
 def ray_pipeline_rate(
-    shards: str, scale, batch: int, cores: int, epochs: int, rows_per_task: int = 2048
+    shards: str, scale, batch: int, cores: int, epochs: int, rows_per_task: int
 ) -> tuple[float, float, dict[str, float]]:
     """Steady state, as a training run streams its epochs (`stop_epoch`): epoch 0
     warms Ray Data's worker processes, then `epochs` consecutive epochs are
@@ -241,7 +241,7 @@ def ray_pipeline_rate(
     end_training_batches()
     by_role = _cpu_seconds_by_role(cpu_start, cpu_end)
     per_image = {role: seconds * 1e3 / count for role, seconds in by_role.items()}
-    return count / wall / cores, count / (sum(per_image.values()) / 1e3 * count), per_image
+    return count / wall / cores, 1e3 / sum(per_image.values()), per_image
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -271,8 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--rows-per-task",
         type=int,
-        default=2048,
-        help="rows per Ray Data read task (default 2048, training's)",
+        help="rows per Ray Data read task (default: training's, TRAINING_ROWS_PER_TASK)",
     )
     parser.add_argument(
         "--in-ray-task",
@@ -288,7 +287,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     import ray
 
+    from pipeline.ingest import TRAINING_ROWS_PER_TASK
     from pipeline.preprocess import preprocess
+
+    rows_per_task = args.rows_per_task or TRAINING_ROWS_PER_TASK
 
     torch.set_num_threads(1)
     cores = os.cpu_count() or 1
@@ -330,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         turns = []
         for _ in range(0 if args.no_ray else args.repeats):
             pipeline, pipeline_cpu, per_image = ray_pipeline_rate(
-                shards[side], scale, args.batch, cores, args.epochs, args.rows_per_task
+                shards[side], scale, args.batch, cores, args.epochs, rows_per_task
             )
             in_process.append(ours_rate(rows[side], scale, args.batch))
             before, after = in_process[-2:]

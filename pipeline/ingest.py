@@ -52,6 +52,9 @@ from vgg.transforms import (
     decode_rescaled,
 )
 
+# Rows per training read task; `training_dataset` says why this many.
+TRAINING_ROWS_PER_TASK = 2048
+
 
 def training_dataset(
     dataset_uri: str,
@@ -64,7 +67,7 @@ def training_dataset(
     decode: bool = True,
     stop_epoch: int | None = None,
     rows_per_epoch: int | None = None,
-    rows_per_task: int = 2048,
+    rows_per_task: int = TRAINING_ROWS_PER_TASK,
     decode_batch_rows: int = 64,
     cpus_per_task: float = 1.0,
 ):
@@ -80,9 +83,11 @@ def training_dataset(
     CPU free; a dataset per epoch left a core idle for an epoch's last task at
     every boundary, and one started early shares the CPUs with the current one
     (Ray Data splits the cluster between running datasets). Read tasks of
-    `rows_per_task` rows: Ray Data starts the next task 0.1-0.25 s after one
-    ends (measured on 2 cores), so the larger the task, the less of that gap
-    per image. Crops are decoded `decode_batch_rows` at a time, each a record
+    `rows_per_task` rows: Ray Data starts the next task only after a pause
+    (its scheduling loop polls finished tasks; see `ray.timeline()`), so the
+    larger the task, the less of that pause per image; but under the seeded
+    order a later task's finished blocks wait for the earlier task's, so the
+    larger the task, the more of them wait on a node with many CPUs. Crops are decoded `decode_batch_rows` at a time, each a record
     batch of the task's blocks: a multiple of the batch size keeps every
     training batch within one (`pipeline.batches.rebatch`)."""
     import ray.data
@@ -157,7 +162,7 @@ def training_batches(
     stop_epoch: int | None = None,
     batches_per_step: int = 1,
     max_batches: int | None = None,
-    rows_per_task: int = 2048,
+    rows_per_task: int = TRAINING_ROWS_PER_TASK,
 ) -> Iterator[dict[str, object]]:
     """Epoch `epoch` of worker `rank`'s batches: {"image": uint8 NHWC on
     `device`, "label": int64, "key": list of str}, `batches_per_epoch` of them
