@@ -290,7 +290,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from pipeline.ingest import TRAINING_ROWS_PER_TASK
     from pipeline.preprocess import preprocess
 
-    rows_per_task = args.rows_per_task or TRAINING_ROWS_PER_TASK
+    rows_per_task = TRAINING_ROWS_PER_TASK if args.rows_per_task is None else args.rows_per_task
+    if rows_per_task < 1:
+        parser.error(f"--rows-per-task must be at least 1; got {rows_per_task}")
 
     torch.set_num_threads(1)
     cores = os.cpu_count() or 1

@@ -94,6 +94,8 @@ def training_dataset(
 
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}); got {rank}")
+    if rows_per_task < 1:
+        raise ValueError(f"rows_per_task must be at least 1; got {rows_per_task}")
     shards = ShardStore(dataset_uri).shards("train")
     tasks = [
         task

@@ -99,3 +99,18 @@ def test_rebatch_closes_its_source_when_the_consumer_stops():
     next(batches)
     batches.close()
     assert closed == [True]
+
+
+def test_a_read_task_of_no_rows_is_refused_before_the_shards_are_read(tmp_path):
+    from pipeline.ingest import training_dataset
+    from vgg.transforms import TrainingAugmentation
+
+    with pytest.raises(ValueError, match="rows_per_task must be at least 1; got 0"):
+        training_dataset(
+            str(tmp_path / "no-such-dataset"),
+            epoch=0,
+            rank=0,
+            world_size=1,
+            augmentation=TrainingAugmentation(256, 224),
+            rows_per_task=0,
+        )
