@@ -21,7 +21,7 @@ a user might try before Ray Data; Pillow releases the GIL only while it
 decodes and resamples), and with `--processes 2` split over that many forked
 processes (what the cores give together with nothing in between).
 
-    python -m benchmarks.ingest --source DIR [--epochs 2] [--repeats 3] [--only-256] [--threads 2,4] [--processes 2] [--in-ray-task] [--rows-per-task N]
+    python -m benchmarks.ingest --source DIR [--epochs 2] [--repeats 3] [--only-256] [--threads 2,4] [--processes 2] [--in-ray-task] [--rows-per-task N] [--cpus-per-task C]
     python -m benchmarks.ingest      # makes a photo source (benchmarks/photos.py)
 
 SOURCE is an ILSVRC-2012 folder layout (train/<wnid>/*.JPEG). Without it the
@@ -210,7 +210,13 @@ def _cpu_seconds_by_role(before: dict, after: dict) -> dict[str, float]:
 
 
 def ray_pipeline_rate(
-    shards: str, scale, batch: int, cores: int, epochs: int, rows_per_task: int
+    shards: str,
+    scale,
+    batch: int,
+    cores: int,
+    epochs: int,
+    rows_per_task: int,
+    cpus_per_task: float,
 ) -> tuple[float, float, dict[str, float]]:
     """Steady state, as a training run streams its epochs (`stop_epoch`): epoch 0
     warms Ray Data's worker processes, then `epochs` consecutive epochs are
@@ -235,6 +241,7 @@ def ray_pipeline_rate(
             batch_size=batch,
             stop_epoch=epochs + 2,
             rows_per_task=rows_per_task,
+            cpus_per_task=cpus_per_task,
         ):
             count += len(images["label"])
     wall, cpu_end = time.perf_counter() - start, _process_cpu_seconds()
@@ -274,6 +281,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="rows per Ray Data read task (default: training's, TRAINING_ROWS_PER_TASK)",
     )
     parser.add_argument(
+        "--cpus-per-task",
+        type=float,
+        default=1.0,
+        help="CPUs each Ray Data read task reserves (training's data_cpus_per_task; default 1)",
+    )
+    parser.add_argument(
         "--in-ray-task",
         action="store_true",
         help="also time the in-process decode inside one plain Ray task, beside it (S=256)",
@@ -293,6 +306,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     rows_per_task = TRAINING_ROWS_PER_TASK if args.rows_per_task is None else args.rows_per_task
     if rows_per_task < 1:
         parser.error(f"--rows-per-task must be at least 1; got {rows_per_task}")
+    if not args.cpus_per_task > 0:
+        parser.error(f"--cpus-per-task must be above 0; got {args.cpus_per_task}")
 
     torch.set_num_threads(1)
     cores = os.cpu_count() or 1
@@ -334,7 +349,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         turns = []
         for _ in range(0 if args.no_ray else args.repeats):
             pipeline, pipeline_cpu, per_image = ray_pipeline_rate(
-                shards[side], scale, args.batch, cores, args.epochs, rows_per_task
+                shards[side],
+                scale,
+                args.batch,
+                cores,
+                args.epochs,
+                rows_per_task,
+                args.cpus_per_task,
             )
             in_process.append(ours_rate(rows[side], scale, args.batch))
             before, after = in_process[-2:]
