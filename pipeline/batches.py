@@ -74,9 +74,7 @@ def rebatch(blocks: Iterator[dict[str, np.ndarray]], batch_size: int) -> Iterato
         if pending:
             yield _joined(pending)
     finally:
-        close = getattr(blocks, "close", None)
-        if close is not None:
-            close()
+        _close(blocks)
 
 
 def record_batches_as_numpy(tables: Iterator) -> Iterator[dict[str, np.ndarray]]:
@@ -93,9 +91,15 @@ def record_batches_as_numpy(tables: Iterator) -> Iterator[dict[str, np.ndarray]]
                 single = pa.Table.from_batches([record_batch])
                 yield BlockAccessor.for_block(single).to_batch_format("numpy")
     finally:
-        close = getattr(tables, "close", None)
-        if close is not None:
-            close()
+        _close(tables)
+
+
+def _close(source: Iterator) -> None:
+    """End the source a generator here was reading, when it can be ended (Ray
+    Data's iterators release their stream that way), however the reading stopped."""
+    close = getattr(source, "close", None)
+    if close is not None:
+        close()
 
 
 def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -87,9 +87,10 @@ def training_dataset(
     (its scheduling loop polls finished tasks; see `ray.timeline()`), so the
     larger the task, the less of that pause per image; but under the seeded
     order a later task's finished blocks wait for the earlier task's, so the
-    larger the task, the more of them wait on a node with many CPUs. Crops are decoded `decode_batch_rows` at a time, each a record
-    batch of the task's blocks: a multiple of the batch size keeps every
-    training batch within one (`pipeline.batches.rebatch`)."""
+    larger the task, the more of them wait on a node with many CPUs. Crops are
+    decoded `decode_batch_rows` at a time, each a record batch of the task's
+    blocks: a multiple of the batch size keeps every training batch within one
+    (`pipeline.batches.rebatch`)."""
     import ray.data
 
     if not 0 <= rank < world_size:
