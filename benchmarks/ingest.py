@@ -283,8 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--cpus-per-task",
         type=float,
-        default=1.0,
-        help="CPUs each Ray Data read task reserves (training's data_cpus_per_task; default 1)",
+        help="CPUs each Ray Data read task reserves (default: training's, data_cpus_per_task)",
     )
     parser.add_argument(
         "--in-ray-task",
@@ -302,12 +301,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     from pipeline.ingest import TRAINING_ROWS_PER_TASK
     from pipeline.preprocess import preprocess
+    from pipeline.train.config import TrainConfig
 
     rows_per_task = TRAINING_ROWS_PER_TASK if args.rows_per_task is None else args.rows_per_task
     if rows_per_task < 1:
         parser.error(f"--rows-per-task must be at least 1; got {rows_per_task}")
-    if not args.cpus_per_task > 0:
-        parser.error(f"--cpus-per-task must be above 0; got {args.cpus_per_task}")
+    cpus_per_task = (
+        TrainConfig().data_cpus_per_task if args.cpus_per_task is None else args.cpus_per_task
+    )
+    if not cpus_per_task > 0:
+        parser.error(f"--cpus-per-task must be above 0; got {cpus_per_task}")
 
     torch.set_num_threads(1)
     cores = os.cpu_count() or 1
@@ -355,7 +358,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 cores,
                 args.epochs,
                 rows_per_task,
-                args.cpus_per_task,
+                cpus_per_task,
             )
             in_process.append(ours_rate(rows[side], scale, args.batch))
             before, after = in_process[-2:]
