@@ -19,9 +19,15 @@ Also the decode-only bound: a full Pillow decode of the stored images, and
 with `--threads 2,4` the in-process decode on a thread pool of that size (what
 a user might try before Ray Data; Pillow releases the GIL only while it
 decodes and resamples), and with `--processes 2` split over that many forked
-processes (what the cores give together with nothing in between).
+processes (what the cores give together with nothing in between). With
+`--plain-read-tasks`, the training read tasks themselves, an epoch split
+evenly into one plain Ray task per core outside Ray Data, their blocks
+dropped and then put in the object store, in turns with the in-process
+decode: what is lost to the read tasks' own work on busy cores, to the object
+store copy, and (the rest, against the Ray Data figure) to Ray Data's
+executor. Those measures live in `benchmarks/ingest_decode.py`.
 
-    python -m benchmarks.ingest --source DIR [--epochs 2] [--repeats 3] [--only-256] [--threads 2,4] [--processes 2] [--in-ray-task] [--rows-per-task N] [--cpus-per-task C]
+    python -m benchmarks.ingest --source DIR [--epochs 2] [--repeats 3] [--only-256] [--threads 2,4] [--processes 2] [--in-ray-task] [--plain-read-tasks] [--rows-per-task N] [--cpus-per-task C]
     python -m benchmarks.ingest      # makes a photo source (benchmarks/photos.py)
 
 SOURCE is an ILSVRC-2012 folder layout (train/<wnid>/*.JPEG). Without it the
@@ -32,20 +38,25 @@ benchmark makes one from real photographs scikit-image and scikit-learn ship
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
+from benchmarks.ingest_decode import (
+    CROP,
+    decode_only_rate,
+    ours_rate,
+    plain_read_tasks_rate,
+    processes_rate,
+    ray_tasks_rate,
+    shard_rows,
+    threaded_rate,
+)
 from benchmarks.photos import describe_source, make_photo_source
-from vgg.transforms import TrainingAugmentation, decode_crop
-
-CROP = 224
+from vgg.transforms import TrainingAugmentation
 
 
 def imagefolder_rate(source: Path, scale, batch: int) -> float:
@@ -71,98 +82,6 @@ def imagefolder_rate(source: Path, scale, batch: int) -> float:
     for images, _ in loader:
         count += len(images)
     return count / (time.perf_counter() - start)
-
-
-def shard_rows(shards: str) -> list[tuple[bytes, int, int]]:
-    from pipeline.shards import ShardStore
-
-    store = ShardStore(shards)
-    rows = []
-    for shard in store.shards("train"):
-        table = store.read_shard(shard, ["image", "height", "width"])
-        rows += zip(
-            table["image"].to_pylist(),
-            table["height"].to_pylist(),
-            table["width"].to_pylist(),
-            strict=True,
-        )
-    return rows
-
-
-def ours_rate(rows, scale, batch: int) -> tuple[float, float]:
-    """The training augmentation's CPU half in one process: draw, then decode.
-    Images per second of wall time, and per CPU-second."""
-    augmentation = TrainingAugmentation(scale, CROP)
-    rng = np.random.default_rng(0)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    for first in range(0, len(rows), batch):
-        jpegs, heights, widths = zip(*rows[first : first + batch], strict=True)
-        augmentation.decode(jpegs, augmentation.draw(heights, widths, rng))
-    return len(rows) / (time.perf_counter() - start), len(rows) / (time.process_time() - cpu_start)
-
-
-def threaded_rate(rows, scale, threads: int) -> float:
-    """`ours_rate`'s decode spread over `threads` threads of one process (what a
-    user might try before Ray Data): images per second of wall time, all threads."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    augmentation = TrainingAugmentation(scale, CROP)
-    jpegs, heights, widths = zip(*rows, strict=True)
-    boxes = augmentation.draw(heights, widths, np.random.default_rng(0))
-    start = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        for _ in pool.map(decode_crop, jpegs, boxes):
-            pass
-    return len(rows) / (time.perf_counter() - start)
-
-
-_FORKED_ROWS: list = []
-
-
-def _decode_every(part: int, parts: int, scale) -> int:
-    augmentation = TrainingAugmentation(scale, CROP)
-    rows = _FORKED_ROWS[part::parts]
-    jpegs, heights, widths = zip(*rows, strict=True)
-    boxes = augmentation.draw(heights, widths, np.random.default_rng(part))
-    for data, box in zip(jpegs, boxes, strict=True):
-        decode_crop(data, box)
-    return len(rows)
-
-
-def processes_rate(rows, scale, processes: int) -> float:
-    """`ours_rate`'s decode split over `processes` forked processes, no Ray: the
-    most the cores give together with nothing in between. Images per second of
-    wall time, all processes, their start excluded."""
-    import multiprocessing
-
-    global _FORKED_ROWS
-    _FORKED_ROWS = rows
-    with multiprocessing.get_context("fork").Pool(processes) as pool:
-        pool.starmap(_decode_every, [(0, len(rows), scale)] * processes)  # started, warm
-        start = time.perf_counter()
-        count = sum(pool.starmap(_decode_every, [(i, processes, scale) for i in range(processes)]))
-        return count / (time.perf_counter() - start)
-
-
-def ray_task_rate(rows, scale, batch: int) -> float:
-    """`ours_rate` inside one plain Ray task (no Ray Data): whether a Ray worker
-    process decodes slower than this one. Images per second of wall time."""
-    import ray
-
-    @ray.remote(num_cpus=1)
-    def in_a_task(rows):
-        torch.set_num_threads(1)
-        ours_rate(rows[:200], scale, batch)  # warm: imports, the decoder's first calls
-        return ours_rate(rows, scale, batch)[0]
-
-    return ray.get(in_a_task.remote(ray.put(rows)))
-
-
-def decode_only_rate(rows) -> float:
-    start = time.perf_counter()
-    for data, _, _ in rows:
-        Image.open(io.BytesIO(data)).convert("RGB").load()
-    return len(rows) / (time.perf_counter() - start)
 
 
 def _process_cpu_seconds() -> dict[int, tuple[str, float]]:
@@ -251,6 +170,28 @@ def ray_pipeline_rate(
     return count / wall / cores, 1e3 / sum(per_image.values()), per_image
 
 
+def plain_read_tasks_turns(
+    shards: str, rows, cores: int, repeats: int, batch: int
+) -> dict[str, list[float]]:
+    """`plain_read_tasks_rate` at S = 256, blocks dropped and blocks stored, in
+    turns with the in-process decode: each against the better in-process run
+    either side of it. The sorted ratios of each kind, one per repeat."""
+
+    def plain(epoch: int, how: str) -> float:
+        return plain_read_tasks_rate(shards, 256, cores, epoch=epoch, store=how == "stored")
+
+    plain(0, "dropped")  # warm: Ray's worker processes and their imports
+    ours = [ours_rate(rows, 256, batch)[0]]
+    ratios: dict[str, list[float]] = {"dropped": [], "stored": []}
+    for repeat in range(repeats):
+        kinds = ("dropped", "stored") if repeat % 2 == 0 else ("stored", "dropped")
+        rates = {how: plain(repeat + 1, how) for how in kinds}
+        ours.append(ours_rate(rows, 256, batch)[0])
+        for how, rate in rates.items():
+            ratios[how].append(rate / max(ours[-2:]))
+    return {how: sorted(values) for how, values in ratios.items()}
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=Path, help="ILSVRC folder layout (default: a photo set)")
@@ -288,7 +229,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument(
         "--in-ray-task",
         action="store_true",
-        help="also time the in-process decode inside one plain Ray task, beside it (S=256)",
+        help="also time the in-process decode in one plain Ray task per core at once (S=256)",
+    )
+    parser.add_argument(
+        "--plain-read-tasks",
+        action="store_true",
+        help="also run the read tasks as plain Ray tasks outside Ray Data, their blocks "
+        "dropped and then stored, in turns with the in-process decode (S=256)",
     )
     parser.add_argument(
         "--threads",
@@ -402,6 +349,32 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             f"{pipeline:.0f} | {pipeline / ours:.2f}x | {ours_cpu:.0f} / {pipeline_cpu:.0f} / "
             f"{pipeline_cpu / ours_cpu:.2f}x"
         )
+    if args.plain_read_tasks:
+        turns = plain_read_tasks_turns(shards[256], rows[256], cores, args.repeats, args.batch)
+        for how, ratios in turns.items():
+            median = ratios[len(ratios) // 2]
+            results[f"plain read tasks, blocks {how} / in-process S=256 stored=256"] = median
+            print(
+                f"the read tasks as {cores} plain Ray tasks outside Ray Data, blocks {how}, "
+                f"S=256: {median:.2f}x of the in-process decode per core "
+                f"({', '.join(f'{r:.2f}x' for r in ratios)})"
+            )
+    if args.in_ray_task:
+        here = ours_rate(rows[256], 256, args.batch)[0]
+        there = ray_tasks_rate(rows[256], 256, args.batch, cores)
+        here = max(here, ours_rate(rows[256], 256, args.batch)[0])
+        results["in plain Ray tasks per core S=256 stored=256"] = there
+        print(
+            f"in-process decode in {cores} plain Ray tasks at once, S=256: {there:.0f} "
+            f"images/s per core, {there / here:.2f}x of this process's {here:.0f}"
+        )
+    for threads in [int(n) for n in args.threads.split(",") if n]:
+        rate = threaded_rate(rows[256], 256, threads)
+        results[f"in-process {threads} threads, all cores S=256 stored=256"] = rate
+        print(f"in-process decode on {threads} threads, S=256: {rate:.0f} images/s in all")
+    # After every Ray measure: a process forked from this Ray driver can upset
+    # its connections to Ray (in one run, plain Ray tasks submitted after it
+    # never finished).
     for processes in [int(n) for n in args.processes.split(",") if n]:
         rate = processes_rate(rows[256], 256, processes)
         results[f"in-process {processes} processes, all cores S=256 stored=256"] = rate
@@ -409,18 +382,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             f"in-process decode in {processes} processes, S=256: {rate:.0f} images/s in all, "
             f"{rate / processes:.0f} per process"
         )
-    if args.in_ray_task:
-        here = ours_rate(rows[256], 256, args.batch)[0]
-        there = ray_task_rate(rows[256], 256, args.batch)
-        results["in a plain Ray task per core S=256 stored=256"] = there
-        print(
-            f"in-process decode inside a plain Ray task, S=256: {there:.0f} images/s, "
-            f"{there / here:.2f}x of this process's {here:.0f}"
-        )
-    for threads in [int(n) for n in args.threads.split(",") if n]:
-        rate = threaded_rate(rows[256], 256, threads)
-        results[f"in-process {threads} threads, all cores S=256 stored=256"] = rate
-        print(f"in-process decode on {threads} threads, S=256: {rate:.0f} images/s in all")
     for side in shards:
         rate = decode_only_rate(rows[side])
         results[f"decode-only stored={side}"] = rate

@@ -23,7 +23,7 @@ def test_ingest_benchmark_reports_every_ratio(tmp_path, ray_local, capsys):
 def test_ingest_benchmark_through_ray_data_splits_its_cpu_time_by_role(tmp_path, ray_local):
     results = ingest_benchmark.main(
         ["--images", "40", "--batch", "4", "--only-256", "--repeats", "1", "--epochs", "1"]
-        + ["--work", str(tmp_path)]
+        + ["--plain-read-tasks", "--in-ray-task", "--work", str(tmp_path)]
     )
     assert results["ray data per core S=256 stored=256"] > 0
     roles = {
@@ -36,3 +36,9 @@ def test_ingest_benchmark_through_ray_data_splits_its_cpu_time_by_role(tmp_path,
     assert roles["consumer"] > 0 and min(roles.values()) >= 0, roles
     per_cpu_second = results["ray data per CPU-second S=256 stored=256"]
     assert sum(roles.values()) == pytest.approx(1e3 / per_cpu_second)
+    # The decode also ran in plain Ray tasks, and the read tasks outside Ray
+    # Data, their blocks dropped and stored.
+    assert results["in plain Ray tasks per core S=256 stored=256"] > 0
+    for how in ("dropped", "stored"):
+        ratio = results[f"plain read tasks, blocks {how} / in-process S=256 stored=256"]
+        assert ratio > 0 and math.isfinite(ratio)
