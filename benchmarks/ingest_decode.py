@@ -119,13 +119,14 @@ def decode_only_rate(rows) -> float:
 
 
 def plain_read_tasks_rate(shards: str, scale, cores: int, *, epoch: int, store: bool) -> float:
-    """One epoch's training rows as `cores` read tasks of equal size
+    """One epoch's training rows as about `cores` read tasks of about equal size,
+    whole record batches each
     (`ShardRowsDatasource`, what Ray Data runs: read, shuffle, draw, decode),
     each in a plain Ray task of one CPU, outside Ray Data: no scheduling loop,
     no pause between read tasks, no consumer, and no core left idle while
-    another finishes a larger share. Their blocks are dropped, or with `store` put in
-    the object store one by one: the same bytes Ray Data's read tasks put
-    there, in its larger blocks. Images per second of wall time per core, from
+    another finishes a larger share. Their blocks are dropped, or with `store`
+    put in the object store one by one: the same bytes Ray Data's read tasks
+    put there, in its larger blocks. Images per second of wall time per core, from
     submission to the last task's end."""
     import ray
 
@@ -147,18 +148,17 @@ def plain_read_tasks_rate(shards: str, scale, cores: int, *, epoch: int, store: 
     read_tasks = source.get_read_tasks(len(tasks))
 
     @ray.remote(num_cpus=1)
-    def run(part) -> int:
+    def run(read_task) -> int:
         torch.set_num_threads(1)
-        rows = 0
-        for read_task in part:
-            for block in read_task():
-                rows += block.num_rows
-                if store:
-                    ray.put(block)
-        return rows
+        count = 0
+        for block in read_task():
+            count += block.num_rows
+            if store:
+                ray.put(block)
+        return count
 
     start = time.perf_counter()
-    decoded = sum(ray.get([run.remote(read_tasks[i::cores]) for i in range(cores)]))
+    decoded = sum(ray.get([run.remote(read_task) for read_task in read_tasks]))
     wall = time.perf_counter() - start
     if decoded != rows:  # a rate over rows that were not all decoded would flatter
         raise RuntimeError(f"the plain read tasks decoded {decoded} rows of {rows}")
