@@ -119,15 +119,15 @@ def decode_only_rate(rows) -> float:
 
 
 def plain_read_tasks_rate(shards: str, scale, cores: int, *, epoch: int, store: bool) -> float:
-    """One epoch's training rows as about `cores` read tasks of about equal size,
-    whole record batches each
-    (`ShardRowsDatasource`, what Ray Data runs: read, shuffle, draw, decode),
-    each in a plain Ray task of one CPU, outside Ray Data: no scheduling loop,
-    no pause between read tasks, no consumer, and no core left idle while
-    another finishes a larger share. Their blocks are dropped, or with `store`
-    put in the object store one by one: the same bytes Ray Data's read tasks
-    put there, in its larger blocks. Images per second of wall time per core, from
-    submission to the last task's end."""
+    """One epoch's training rows as about `cores` read tasks of about equal
+    size (whole record batches each; `ShardRowsDatasource`, what Ray Data
+    runs: read, shuffle, draw, decode), each in a plain Ray task of one CPU,
+    outside Ray Data: no scheduling loop, no pause between read tasks, no
+    consumer, and no core idle for long while another finishes a larger share.
+    Their blocks are dropped, or with `store` put in the object store one by
+    one: the same bytes Ray Data's read tasks put there, in its larger blocks.
+    Images per second of wall time per core, from submission to the last
+    task's end."""
     import ray
 
     from pipeline.shard_datasource import ShardRowsDatasource, epoch_tasks
